@@ -1,0 +1,225 @@
+use std::fmt;
+use std::time::Duration;
+
+use hoist_spec::Digest;
+use thiserror::Error;
+
+/// Which image an error is about: every registry error names all three.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorContext {
+    pub registry: String,
+    pub repository: String,
+    /// The tag or digest that was asked for.
+    pub reference: String,
+}
+
+impl fmt::Display for ErrorContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sep = if self.reference.contains(':') {
+            '@'
+        } else {
+            ':'
+        };
+        write!(
+            f,
+            "{}/{}{}{}",
+            self.registry, self.repository, sep, self.reference
+        )
+    }
+}
+
+/// A registry's `{"errors":[{"code":…,"message":…}]}` body, first entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryMessage {
+    pub code: String,
+    pub message: String,
+}
+
+impl fmt::Display for RegistryMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code.is_empty(), self.message.is_empty()) {
+            (true, true) => Ok(()),
+            (false, true) => write!(f, " ({})", self.code),
+            (true, false) => write!(f, " ({})", self.message),
+            (false, false) => write!(f, " ({}: {})", self.code, self.message),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("not found: {ctx}{msg}")]
+    NotFound {
+        ctx: ErrorContext,
+        msg: RegistryMessage,
+    },
+    #[error("unauthorized: {ctx}{msg}; check the credentials (--creds, docker login)")]
+    Unauthorized {
+        ctx: ErrorContext,
+        msg: RegistryMessage,
+    },
+    #[error("access denied: {ctx}{msg}")]
+    Denied {
+        ctx: ErrorContext,
+        msg: RegistryMessage,
+    },
+    #[error("rate limited by {}: {ctx}{}{}", ctx.registry, retry_after_text(.retry_after), if *.waited { "" } else { " (use --retry-rate-limit to wait)" })]
+    RateLimited {
+        ctx: ErrorContext,
+        retry_after: Option<Duration>,
+        waited: bool,
+    },
+    #[error("integrity: {ctx}: {what} digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        ctx: ErrorContext,
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error(
+        "integrity: {ctx}: blob {digest} size mismatch: expected {expected} bytes, got {actual}"
+    )]
+    SizeMismatch {
+        ctx: ErrorContext,
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{ctx}: {what} is {} bytes, above the limit of {limit} bytes", size.map(|s| s.to_string()).unwrap_or_else(|| "more than".into()))]
+    TooLarge {
+        ctx: ErrorContext,
+        what: String,
+        size: Option<u64>,
+        limit: u64,
+    },
+    #[error("{ctx}: registry answered HTTP {status}{msg}")]
+    Status {
+        ctx: ErrorContext,
+        status: u16,
+        msg: RegistryMessage,
+    },
+    #[error("{ctx}: {message}")]
+    Transport { ctx: ErrorContext, message: String },
+    #[error("{ctx}: {message}")]
+    Protocol { ctx: ErrorContext, message: String },
+    #[error("credentials for {registry}: {message}")]
+    Credentials { registry: String, message: String },
+    #[error("{ctx}: writing the blob failed: {source}")]
+    Sink {
+        ctx: ErrorContext,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+fn retry_after_text(d: &Option<Duration>) -> String {
+    match d {
+        Some(d) => format!(" (Retry-After: {}s)", d.as_secs()),
+        None => String::new(),
+    }
+}
+
+/// How a caller (the CLI's exit codes) classifies an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Auth,
+    RateLimited,
+    Integrity,
+    Other,
+}
+
+impl RegistryError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RegistryError::NotFound { .. } => ErrorKind::NotFound,
+            RegistryError::Unauthorized { .. }
+            | RegistryError::Denied { .. }
+            | RegistryError::Credentials { .. } => ErrorKind::Auth,
+            RegistryError::RateLimited { .. } => ErrorKind::RateLimited,
+            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
+                ErrorKind::Integrity
+            }
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Body {
+    #[serde(default)]
+    errors: Vec<Entry>,
+}
+#[derive(serde::Deserialize)]
+struct Entry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Parse the registry's JSON error body (distribution spec); an unparsable
+/// body yields an empty message, never a guess from its text.
+pub(crate) fn parse_body(bytes: &[u8]) -> RegistryMessage {
+    serde_json::from_slice::<Body>(bytes)
+        .ok()
+        .and_then(|b| b.errors.into_iter().next())
+        .map(|e| RegistryMessage {
+            code: e.code,
+            message: e.message,
+        })
+        .unwrap_or_default()
+}
+
+/// Map a status and parsed body to a typed error, by code first, then status.
+pub(crate) fn from_status(
+    ctx: ErrorContext,
+    status: u16,
+    msg: RegistryMessage,
+    retry_after: Option<Duration>,
+) -> RegistryError {
+    match (msg.code.as_str(), status) {
+        ("NAME_UNKNOWN" | "MANIFEST_UNKNOWN" | "BLOB_UNKNOWN" | "NAME_INVALID", _) | (_, 404) => {
+            RegistryError::NotFound { ctx, msg }
+        }
+        ("UNAUTHORIZED", _) | (_, 401) => RegistryError::Unauthorized { ctx, msg },
+        ("DENIED", _) | (_, 403) => RegistryError::Denied { ctx, msg },
+        ("TOOMANYREQUESTS", _) | (_, 429) => RegistryError::RateLimited {
+            ctx,
+            retry_after,
+            waited: false,
+        },
+        _ => RegistryError::Status { ctx, status, msg },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> ErrorContext {
+        ErrorContext {
+            registry: "r".into(),
+            repository: "a/b".into(),
+            reference: "t".into(),
+        }
+    }
+
+    #[test]
+    fn codes_win_over_status() {
+        let m = parse_body(br#"{"errors":[{"code":"DENIED","message":"no"}]}"#);
+        assert_eq!(m.code, "DENIED");
+        assert!(matches!(
+            from_status(ctx(), 401, m, None),
+            RegistryError::Denied { .. }
+        ));
+        let e = from_status(ctx(), 404, parse_body(b"<html>"), None);
+        assert!(matches!(e, RegistryError::NotFound { .. }));
+        assert_eq!(e.to_string(), "not found: r/a/b:t");
+        let e = from_status(ctx(), 429, Default::default(), Some(Duration::from_secs(7)));
+        assert!(e.to_string().contains("Retry-After: 7s"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::RateLimited);
+    }
+}

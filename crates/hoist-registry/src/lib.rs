@@ -1,0 +1,20 @@
+//! hoist's client for the OCI distribution API.
+//!
+//! Written on `reqwest` rather than `oci-client` because hoist needs control
+//! that crate does not give: the raw manifest bytes with a size cap applied
+//! before buffering, blob bodies streamed into a caller's sink with `Range`
+//! resume, retry and 429 policy, and errors typed from the registry's JSON
+//! body with the image named in each.
+
+mod auth;
+mod client;
+mod creds;
+mod error;
+mod retry;
+
+pub use client::{
+    BlobSink, RawManifest, RegistryClient, RegistryOptions, DEFAULT_MAX_MANIFEST_SIZE,
+};
+pub use creds::{CredentialSources, Credentials};
+pub use error::{ErrorContext, ErrorKind, RegistryError, RegistryMessage};
+pub use retry::RetryPolicy;
