@@ -180,18 +180,42 @@ pub(crate) fn from_status(
     msg: RegistryMessage,
     retry_after: Option<Duration>,
 ) -> RegistryError {
-    match (msg.code.as_str(), status) {
-        ("NAME_UNKNOWN" | "MANIFEST_UNKNOWN" | "BLOB_UNKNOWN" | "NAME_INVALID", _) | (_, 404) => {
-            RegistryError::NotFound { ctx, msg }
+    #[derive(PartialEq)]
+    enum K {
+        NotFound,
+        Unauthorized,
+        Denied,
+        RateLimited,
+        Other,
+    }
+    let by_code = match msg.code.as_str() {
+        "NAME_UNKNOWN" | "MANIFEST_UNKNOWN" | "BLOB_UNKNOWN" => K::NotFound,
+        "UNAUTHORIZED" => K::Unauthorized,
+        "DENIED" => K::Denied,
+        "TOOMANYREQUESTS" => K::RateLimited,
+        _ => K::Other,
+    };
+    let kind = if by_code != K::Other {
+        by_code
+    } else {
+        match status {
+            404 => K::NotFound,
+            401 => K::Unauthorized,
+            403 => K::Denied,
+            429 => K::RateLimited,
+            _ => K::Other,
         }
-        ("UNAUTHORIZED", _) | (_, 401) => RegistryError::Unauthorized { ctx, msg },
-        ("DENIED", _) | (_, 403) => RegistryError::Denied { ctx, msg },
-        ("TOOMANYREQUESTS", _) | (_, 429) => RegistryError::RateLimited {
+    };
+    match kind {
+        K::NotFound => RegistryError::NotFound { ctx, msg },
+        K::Unauthorized => RegistryError::Unauthorized { ctx, msg },
+        K::Denied => RegistryError::Denied { ctx, msg },
+        K::RateLimited => RegistryError::RateLimited {
             ctx,
             retry_after,
             waited: false,
         },
-        _ => RegistryError::Status { ctx, status, msg },
+        K::Other => RegistryError::Status { ctx, status, msg },
     }
 }
 
