@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hoist_spec::{media, Digest, Reference};
 use reqwest::blocking::{Client, Response};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, RANGE};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE};
 
 use crate::auth::{parse_challenge, Challenge, Token, TokenReply};
 use crate::creds::{CredentialSources, Credentials};
@@ -357,6 +357,9 @@ impl RegistryClient {
         let scope = format!("repository:{}:pull", r.repository());
         let mut attempt = 0u32;
         let mut reauthed = false;
+        // Set while trying plain HTTP after HTTPS failed: if HTTP fails too,
+        // the HTTPS error is the one worth showing (say, an unknown CA).
+        let mut https_error: Option<String> = None;
         loop {
             attempt += 1;
             let plain = self.state.lock().expect("lock").plain_http.contains(host);
@@ -375,11 +378,23 @@ impl RegistryClient {
             let resp = match req.send() {
                 Ok(resp) => resp,
                 Err(e) => {
+                    if let Some(first) = https_error.take() {
+                        self.state.lock().expect("lock").plain_http.remove(host);
+                        if self.can_retry(attempt, started) {
+                            self.pause(attempt, &first);
+                            continue;
+                        }
+                        return Err(RegistryError::Transport {
+                            ctx: ctx.clone(),
+                            message: format!("{first} (plain HTTP failed too: {})", describe(&e)),
+                        });
+                    }
                     if !plain && e.is_connect() && (self.is_insecure(host) || is_loopback(host)) {
                         tracing::debug!(
                             "https to {host} failed ({}); trying plain http",
                             describe(&e)
                         );
+                        https_error = Some(describe(&e));
                         self.state
                             .lock()
                             .expect("lock")
@@ -399,6 +414,16 @@ impl RegistryClient {
                 }
             };
             let status = resp.status().as_u16();
+            if let Some(first) = https_error.take() {
+                // An HTTPS server answers a plain request with 400.
+                if status == 400 {
+                    self.state.lock().expect("lock").plain_http.remove(host);
+                    return Err(RegistryError::Transport {
+                        ctx: ctx.clone(),
+                        message: first,
+                    });
+                }
+            }
             match status {
                 200..=299 => return Ok(resp),
                 401 if !reauthed => {
@@ -532,15 +557,12 @@ impl RegistryClient {
         digest: &Digest,
         size: u64,
         sink: &mut dyn BlobSink,
-        progress: &mut dyn FnMut(u64),
     ) -> Result<(), RegistryError> {
         let ctx = ctx_of(r, &digest.to_string());
         let path = format!("blobs/{digest}");
         let started = Instant::now();
         let mut attempt = 0;
         let mut buf = vec![0u8; 256 << 10];
-        let range = HeaderName::from_static("range");
-        debug_assert_eq!(range, RANGE);
         loop {
             attempt += 1;
             let offset = sink.written();
@@ -565,7 +587,6 @@ impl RegistryClient {
                         ctx: ctx.clone(),
                         source,
                     })?;
-                    progress(0);
                     if resp.status().as_u16() != 200 {
                         continue;
                     }
@@ -604,7 +625,6 @@ impl RegistryClient {
                                 ctx: ctx.clone(),
                                 source,
                             })?;
-                        progress(n as u64);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {

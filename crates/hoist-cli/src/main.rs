@@ -1,0 +1,233 @@
+//! The `hoist` command: a thin layer over the `hoist` library's facade.
+
+mod output;
+mod progress;
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use hoist::{Client, ClientOptions, Credentials, ImageSource, Platform, RegistryOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "hoist",
+    version,
+    about = "Container images to VM root filesystems and disks, without a daemon or root"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Global {
+    /// Cache base directory (the OCI layout lives in a versioned subdirectory).
+    #[arg(long, global = true, env = "HOIST_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Platform to select from multi-platform images [default: linux/<host arch>].
+    #[arg(long, global = true, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
+    /// Reach this registry over plain HTTP or TLS without verification (repeatable).
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
+    /// Extra trusted CA certificates, PEM (repeatable).
+    #[arg(long = "ca-cert", global = true, value_name = "FILE")]
+    ca_cert: Vec<PathBuf>,
+    /// Credentials for this run.
+    #[arg(
+        long,
+        global = true,
+        value_name = "USER[:PASS]",
+        conflicts_with = "username"
+    )]
+    creds: Option<String>,
+    /// Username; the password comes from --password-stdin.
+    #[arg(long, global = true, requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long, global = true, requires = "username")]
+    password_stdin: bool,
+    /// Machine-readable output on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Less output (no progress bars).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More output (repeat for more); RUST_LOG works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Attempts per request for connection errors, 408 and 5xx.
+    #[arg(long, global = true, default_value_t = 5, value_name = "N")]
+    retries: u32,
+    /// Stop retrying a request after this many seconds.
+    #[arg(long, global = true, default_value_t = 120, value_name = "SECS")]
+    retry_max_time: u64,
+    /// On HTTP 429, wait for Retry-After (up to SECS) instead of failing.
+    #[arg(long, global = true, value_name = "SECS", num_args = 0..=1, default_missing_value = "300")]
+    retry_rate_limit: Option<u64>,
+    /// Refuse manifests, indexes and configs larger than this.
+    #[arg(long, global = true, default_value_t = 4 << 20, value_name = "BYTES")]
+    max_manifest_size: u64,
+    /// Blobs downloaded at once.
+    #[arg(long, global = true, default_value_t = 4, value_name = "N")]
+    concurrency: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Resolve an image and show its metadata (no layer is fetched).
+    Inspect {
+        /// Image reference (alpine, host:5000/a/b:tag, name@sha256:…) or oci:PATH[:TAG].
+        image: String,
+    },
+    /// Pull an image into the cache and print its platform manifest digest.
+    Pull { image: String },
+    /// List the images in the cache.
+    Images,
+    /// Verify every blob and image in the cache.
+    Fsck {
+        /// Delete corrupt blobs, stale temp files and incomplete entries.
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+/// Errors that are the user's to fix: exit code 2.
+#[derive(Debug)]
+struct Usage(String);
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Usage {}
+
+fn init_logging(g: &Global) {
+    let default = match (g.quiet, g.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info,hoist=debug",
+        (false, _) => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn options(g: &Global) -> anyhow::Result<ClientOptions> {
+    let mut o = ClientOptions::default();
+    if let Some(d) = &g.cache_dir {
+        o.cache_dir = d.clone();
+    }
+    if let Some(p) = &g.platform {
+        o.platform = p.parse::<Platform>().map_err(|e| Usage(e.to_string()))?;
+    }
+    let mut r = RegistryOptions {
+        insecure_registries: g.insecure_registry.clone(),
+        max_manifest_size: g.max_manifest_size,
+        rate_limit_wait: g.retry_rate_limit.map(Duration::from_secs),
+        ..RegistryOptions::default()
+    };
+    r.retry.max_attempts = g.retries.max(1);
+    r.retry.max_elapsed = Duration::from_secs(g.retry_max_time);
+    for f in &g.ca_cert {
+        let pem = std::fs::read(f).map_err(|e| Usage(format!("--ca-cert {}: {e}", f.display())))?;
+        r.ca_certs_pem.push(pem);
+    }
+    if let Some(c) = &g.creds {
+        r.credentials = Some(Credentials::parse(c));
+    } else if let Some(u) = &g.username {
+        let mut pass = String::new();
+        std::io::stdin()
+            .read_to_string(&mut pass)
+            .context("reading the password from stdin")?;
+        let pass = pass.trim_end_matches(['\n', '\r']).to_string();
+        if pass.is_empty() {
+            bail!(Usage("--password-stdin: standard input was empty".into()));
+        }
+        r.credentials = Some(Credentials {
+            username: u.clone(),
+            password: pass,
+        });
+    }
+    o.registry = r;
+    o.concurrency = g.concurrency.max(1);
+    if !g.quiet && !g.json && std::io::stderr().is_terminal() {
+        o.progress = Arc::new(progress::Bars::new());
+    }
+    Ok(o)
+}
+
+fn source(s: &str) -> anyhow::Result<ImageSource> {
+    Ok(s.parse::<ImageSource>().map_err(|e| Usage(e.to_string()))?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    let opts = options(g)?;
+    let client = Client::new(opts)?;
+    match &cli.command {
+        Command::Inspect { image } => {
+            let i = client.inspect(&source(image)?)?;
+            output::inspection(&i, g.json)
+        }
+        Command::Pull { image } => {
+            let p = client.pull(&source(image)?)?;
+            output::pulled(&p, g.json, g.quiet)
+        }
+        Command::Images => output::images(&client.images()?, g.json),
+        Command::Fsck { repair } => {
+            let r = client.fsck(*repair)?;
+            output::fsck(&r, g.json)?;
+            if !r.is_clean() && !*repair {
+                std::process::exit(hoist::ErrorKind::Integrity.exit_code());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<Usage>().is_some() {
+        return 2;
+    }
+    match e.downcast_ref::<hoist::Error>() {
+        Some(h) => h.kind().exit_code(),
+        None => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging(&cli.global);
+    let json = cli.global.json;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = exit_code(&e);
+            if json {
+                let v = serde_json::json!({"error": format!("{e:#}"), "exit_code": code});
+                println!("{v}");
+            }
+            eprintln!("hoist: error: {e:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}

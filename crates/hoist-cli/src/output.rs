@@ -1,0 +1,165 @@
+//! Human and `--json` renderings of the library's results.
+
+use hoist::{FsckReport, ImageSummary, Inspection, Pulled};
+
+fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn human_size(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut f = n as f64;
+    let mut i = 0;
+    while f >= 1024.0 && i < U.len() - 1 {
+        f /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{f:.1} {}", U[i])
+    }
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+}
+
+pub fn inspection(i: &Inspection, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(i);
+    }
+    let m = &i.metadata;
+    println!("Reference:    {}", i.source);
+    println!("Digest:       {}", i.digest);
+    println!("Media type:   {}", i.media_type);
+    println!("Platform:     {}", i.platform);
+    println!(
+        "Layers:       {} ({}, {} bytes)",
+        i.layer_count,
+        human_size(i.layers_size),
+        i.layers_size
+    );
+    println!("Entrypoint:   {}", list(&m.entrypoint));
+    println!("Cmd:          {}", list(&m.cmd));
+    println!(
+        "Working dir:  {}",
+        if m.working_dir.is_empty() {
+            "-"
+        } else {
+            &m.working_dir
+        }
+    );
+    println!(
+        "User:         {}",
+        if m.user.is_empty() { "-" } else { &m.user }
+    );
+    println!(
+        "Stop signal:  {}",
+        if m.stop_signal.is_empty() {
+            "-"
+        } else {
+            &m.stop_signal
+        }
+    );
+    println!("Ports:        {}", list(&m.exposed_ports));
+    println!("Env:");
+    for (k, v) in &m.env {
+        println!("  {k}={v}");
+    }
+    println!("Labels:");
+    for (k, v) in &m.labels {
+        println!("  {k}={v}");
+    }
+    Ok(())
+}
+
+pub fn pulled(p: &Pulled, as_json: bool, quiet: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(p);
+    }
+    if !quiet {
+        if p.cached {
+            eprintln!("{} ({}) already in the cache", p.source, p.platform);
+        } else {
+            eprintln!(
+                "{} ({}): fetched {} blobs, {}",
+                p.source,
+                p.platform,
+                p.blobs_fetched,
+                human_size(p.bytes_fetched)
+            );
+        }
+    }
+    println!("{}", p.digest);
+    Ok(())
+}
+
+pub fn images(v: &[ImageSummary], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(&v);
+    }
+    println!("{:<80} {:<20} {:>10}  PLATFORM", "NAME", "DIGEST", "SIZE");
+    for s in v {
+        let platform = s
+            .image
+            .platform
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        let digest = format!("sha256:{}", &s.image.digest.hex()[..12]);
+        let names = if s.image.names.is_empty() {
+            vec!["<none>".to_string()]
+        } else {
+            s.image.names.clone()
+        };
+        for n in names {
+            println!(
+                "{n:<80} {digest:<20} {:>10}  {platform}",
+                human_size(s.size)
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn fsck(r: &FsckReport, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(r);
+    }
+    println!("layout:      {}", r.layout.display());
+    println!("blobs:       {} checked", r.blobs_checked);
+    println!("images:      {} checked", r.images_checked);
+    for p in &r.corrupt_blobs {
+        println!("corrupt:     {}", p.display());
+    }
+    for p in &r.stray_files {
+        println!("stray file:  {}", p.display());
+    }
+    for p in &r.incomplete_images {
+        println!("incomplete:  {p}");
+    }
+    for p in &r.stale_temp_files {
+        println!(
+            "stale temp:  {}{}",
+            p.display(),
+            if r.repaired { " (removed)" } else { "" }
+        );
+    }
+    println!(
+        "{}",
+        if r.is_clean() {
+            "cache is consistent"
+        } else if r.repaired {
+            "problems found and repaired"
+        } else {
+            "problems found (run `hoist fsck --repair`)"
+        }
+    );
+    Ok(())
+}

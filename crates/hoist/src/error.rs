@@ -1,0 +1,87 @@
+use hoist_registry::RegistryError;
+use hoist_spec::SpecError;
+use hoist_store::StoreError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("cache: {0}")]
+    Store(#[from] StoreError),
+    /// A blob that failed verification, with the image it belongs to.
+    #[error("integrity: {image}: {source}")]
+    Blob {
+        image: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("{layout}: {reason}")]
+    Layout { layout: String, reason: String },
+    #[error("{layout}: no image tagged {tag:?} (tags: {available})")]
+    LayoutTagNotFound {
+        layout: String,
+        tag: String,
+        available: String,
+    },
+}
+
+/// What kind of failure, for callers that branch on it (the CLI's exit
+/// codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Usage,
+    NotFound,
+    Auth,
+    RateLimited,
+    Integrity,
+    Other,
+}
+
+impl ErrorKind {
+    /// The documented exit code of the `hoist` command.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Usage => 2,
+            ErrorKind::NotFound => 3,
+            ErrorKind::Auth => 4,
+            ErrorKind::RateLimited => 5,
+            ErrorKind::Integrity => 6,
+            ErrorKind::Other => 1,
+        }
+    }
+}
+
+fn store_kind(e: &StoreError) -> ErrorKind {
+    match e {
+        StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. } => ErrorKind::Integrity,
+        _ => ErrorKind::Other,
+    }
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        use hoist_registry::ErrorKind as R;
+        match self {
+            Error::Spec(
+                SpecError::InvalidReference { .. }
+                | SpecError::InvalidDigest { .. }
+                | SpecError::InvalidPlatform { .. },
+            ) => ErrorKind::Usage,
+            Error::Spec(SpecError::PlatformNotFound { .. }) => ErrorKind::NotFound,
+            Error::Spec(_) => ErrorKind::Other,
+            Error::Registry(e) => match e.kind() {
+                R::NotFound => ErrorKind::NotFound,
+                R::Auth => ErrorKind::Auth,
+                R::RateLimited => ErrorKind::RateLimited,
+                R::Integrity => ErrorKind::Integrity,
+                R::Other => ErrorKind::Other,
+            },
+            Error::Store(e) | Error::Blob { source: e, .. } => store_kind(e),
+            Error::LayoutTagNotFound { .. } => ErrorKind::NotFound,
+            Error::Layout { .. } => ErrorKind::Other,
+        }
+    }
+}

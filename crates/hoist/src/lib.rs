@@ -1,0 +1,16 @@
+#![doc = include_str!("../../../README.md")]
+
+mod client;
+mod error;
+mod progress;
+mod source;
+
+pub use client::{default_cache_dir, Client, ClientOptions, ImageSummary, Inspection, Pulled};
+pub use error::{Error, ErrorKind};
+pub use progress::{NoProgress, Progress};
+pub use source::ImageSource;
+
+/// The building blocks, for callers that need more than the facade.
+pub use hoist_registry::{Credentials, RegistryOptions, RetryPolicy};
+pub use hoist_spec::{Digest, ImageMetadata, Platform, Reference};
+pub use hoist_store::FsckReport;
