@@ -1,0 +1,129 @@
+pub mod faults;
+pub mod http;
+pub mod image;
+pub mod registry;
+pub mod token;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use registry::registries;
+
+/// A fresh `hoist` command: private HOME (no stray docker config), no
+/// proxies, its own cache dir.
+pub struct Hoist {
+    pub home: tempfile::TempDir,
+    pub cache: PathBuf,
+}
+
+impl Hoist {
+    pub fn new() -> Hoist {
+        let home = tempfile::tempdir().unwrap();
+        let cache = home.path().join("cache");
+        Hoist { home, cache }
+    }
+
+    /// The OCI layout inside the cache.
+    pub fn layout(&self) -> PathBuf {
+        self.cache.join("oci-v1")
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hoist"));
+        for v in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "DOCKER_CONFIG",
+            "REGISTRY_AUTH_FILE",
+            "XDG_RUNTIME_DIR",
+            "XDG_CACHE_HOME",
+            "RUST_LOG",
+            "HOIST_CACHE_DIR",
+        ] {
+            c.env_remove(v);
+        }
+        c.env("HOME", self.home.path())
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .arg("--cache-dir")
+            .arg(&self.cache);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "hoist {args:?} failed ({:?}):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run, require the exit code, return stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "hoist {args:?}: wrong exit code; stderr:\n{stderr}"
+        );
+        stderr
+    }
+
+    /// Every blob file's sha256 equals its name; returns how many there are.
+    pub fn assert_blobs_verified(&self) -> usize {
+        assert_blobs_verified(&self.layout())
+    }
+}
+
+pub fn assert_blobs_verified(layout: &Path) -> usize {
+    let dir = layout.join("blobs/sha256");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(
+            image::sha256(&bytes),
+            format!("sha256:{name}"),
+            "blob {} is corrupt",
+            p.display()
+        );
+        n += 1;
+    }
+    n
+}
+
+/// A repository name no other test uses.
+pub fn unique_repo(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "hoist-test/{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A three-layer image of unique content, about `layer_kib` KiB a layer.
+pub fn sample_image(seed: u64, layer_kib: usize) -> image::Image {
+    let a = image::noise(seed, layer_kib * 1024);
+    let b = image::noise(seed + 1, layer_kib * 1024);
+    let c = format!("seed {seed}\n");
+    image::Builder::new()
+        .layer(&[("etc/hello", b"hello\n"), ("data/a.bin", &a)])
+        .layer(&[("data/b.bin", &b)])
+        .layer(&[("etc/seed", c.as_bytes())])
+        .build()
+}

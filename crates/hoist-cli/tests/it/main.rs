@@ -1,0 +1,11 @@
+//! hoist's one integration-test binary. Tests run the real `hoist` binary
+//! against real `docker-registry` processes (plain, TLS + basic auth, token
+//! auth), with an in-process server only for faults.
+
+mod harness;
+
+mod auth;
+mod cli;
+mod faults;
+mod pull;
+mod robustness;
