@@ -69,12 +69,15 @@ struct Global {
     /// Stop retrying a request after this many seconds.
     #[arg(long, global = true, default_value_t = 120, value_name = "SECS")]
     retry_max_time: u64,
-    /// On HTTP 429, wait for Retry-After (up to SECS) instead of failing.
-    #[arg(long, global = true, value_name = "SECS", num_args = 0..=1, default_missing_value = "300")]
+    /// On HTTP 429, wait for Retry-After (up to SECS, default 300) instead of failing.
+    #[arg(long, global = true, value_name = "SECS", num_args = 0..=1, require_equals = true, default_missing_value = "300")]
     retry_rate_limit: Option<u64>,
     /// Refuse manifests, indexes and configs larger than this.
     #[arg(long, global = true, default_value_t = 4 << 20, value_name = "BYTES")]
     max_manifest_size: u64,
+    /// Fail (and retry) a read that stalls this long.
+    #[arg(long, global = true, default_value_t = 30, value_name = "SECS")]
+    timeout: u64,
     /// Blobs downloaded at once.
     #[arg(long, global = true, default_value_t = 4, value_name = "N")]
     concurrency: usize,
@@ -137,6 +140,7 @@ fn options(g: &Global) -> anyhow::Result<ClientOptions> {
         insecure_registries: g.insecure_registry.clone(),
         max_manifest_size: g.max_manifest_size,
         rate_limit_wait: g.retry_rate_limit.map(Duration::from_secs),
+        stall_timeout: Duration::from_secs(g.timeout.max(1)),
         ..RegistryOptions::default()
     };
     r.retry.max_attempts = g.retries.max(1);

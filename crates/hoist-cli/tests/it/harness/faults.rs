@@ -226,15 +226,17 @@ fn handle(
     };
     let mut cut = None;
     let mut hard = false;
+    // Only bodies longer than the cut are cut: a fault on the config would
+    // not exercise resumption.
     if start == 0 {
-        if let Some((n, k)) = p.reset_after.as_mut() {
+        if let Some((n, k)) = p.reset_after.as_mut().filter(|(_, k)| total > *k) {
             if take(n) {
                 cut = Some(*k);
                 hard = true;
             }
         }
         if cut.is_none() {
-            if let Some((n, k)) = p.truncate_after.as_mut() {
+            if let Some((n, k)) = p.truncate_after.as_mut().filter(|(_, k)| total > *k) {
                 if take(n) {
                     cut = Some(*k);
                 }
