@@ -1,1 +1,202 @@
+//! A killed process, concurrent processes, and proxies.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::harness::faults::FaultRegistry;
+use crate::harness::http::{serve, Request};
+use crate::harness::image::{self, Builder};
+use crate::harness::{registries, sample_image, unique_repo, Hoist};
+
+#[test]
+fn sigkill_at_any_point_leaves_a_cache_a_later_pull_completes() {
+    let f = FaultRegistry::start();
+    let img = sample_image(60, 3 << 10);
+    f.add_image("v1", &img);
+    // Slow enough that the kills land mid-blob, mid-commit and around the
+    // index update.
+    f.set(|p| p.chunk_delay = Duration::from_millis(4));
+    let r = format!("{}/crash/img:v1", f.host());
+    let h = Hoist::new();
+    let mut killed_mid_blob = 0;
+    for ms in [0u64, 30, 80, 150, 250, 400, 600, 900] {
+        let mut child = h.cmd().args(["-q", "pull", &r]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        h.assert_blobs_verified();
+        if let Ok(index) = std::fs::read(h.layout().join("index.json")) {
+            serde_json::from_slice::<serde_json::Value>(&index)
+                .expect("index.json is always whole");
+        }
+        let fsck = h.run(&["--json", "fsck"]);
+        let v: serde_json::Value = serde_json::from_slice(&fsck.stdout).unwrap();
+        assert!(
+            v["corrupt_blobs"].as_array().unwrap().is_empty(),
+            "after kill at {ms} ms: {v}"
+        );
+        assert!(
+            v["incomplete_images"].as_array().unwrap().is_empty(),
+            "after kill at {ms} ms: {v}"
+        );
+        killed_mid_blob += v["stale_temp_files"].as_array().unwrap().len();
+    }
+    assert!(
+        killed_mid_blob > 0,
+        "no kill landed during a blob transfer; slow the server down"
+    );
+    f.set(|p| p.chunk_delay = Duration::ZERO);
+    assert_eq!(h.ok(&["pull", &r]).trim(), img.manifest.digest());
+    assert_eq!(h.assert_blobs_verified(), 5);
+    let out = h.ok(&["fsck", "--repair"]);
+    assert!(
+        out.contains("consistent") || out.contains("repaired"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(h.layout().join(".hoist/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(h.ok(&["fsck"]).contains("cache is consistent"));
+}
+
+#[test]
+fn concurrent_pulls_into_one_cache_keep_every_entry() {
+    let reg = &registries().plain;
+    let repo = unique_repo("concurrent");
+    let base = image::noise(70, 1 << 20);
+    let imgs: Vec<_> = (0..3)
+        .map(|i| {
+            let own = image::noise(71 + i, 512 << 10);
+            Builder::new()
+                .layer(&[("base", &base)])
+                .layer(&[("own", &own)])
+                .build()
+        })
+        .collect();
+    for (i, img) in imgs.iter().enumerate() {
+        reg.push_image(&repo, &format!("t{i}"), img);
+    }
+    let h = Hoist::new();
+    let children: Vec<_> = (0..6)
+        .map(|n| {
+            h.cmd()
+                .args(["-q", "pull", &format!("{}/{repo}:t{}", reg.host, n % 3)])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (n, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "puller {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            imgs[n % 3].manifest.digest()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_str(&h.ok(&["--json", "images"])).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 3, "{v}");
+    for (i, img) in imgs.iter().enumerate() {
+        let e = list
+            .iter()
+            .find(|e| e["digest"] == img.manifest.digest())
+            .expect("entry kept");
+        assert_eq!(e["names"][0], format!("{}/{repo}:t{i}", reg.host));
+    }
+    assert!(h.ok(&["fsck"]).contains("cache is consistent"));
+    assert_eq!(h.assert_blobs_verified(), 3 + 3 + 3 + 1);
+}
+
+/// A forwarding HTTP proxy that records the request lines it sees.
+fn proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let port = serve(Arc::new(move |req: &Request, client: &mut TcpStream| {
+        s2.lock()
+            .unwrap()
+            .push(format!("{} {}", req.method, req.path));
+        let url = req.path.strip_prefix("http://").unwrap_or(&req.path);
+        let (host, path) = url.split_at(url.find('/').unwrap_or(url.len()));
+        let mut up = TcpStream::connect(host).unwrap();
+        let mut head = format!("{} {path}", req.method);
+        if !req.query.is_empty() {
+            head.push_str(&format!("?{}", req.query));
+        }
+        head.push_str(&format!(
+            " HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+        ));
+        for (k, v) in &req.headers {
+            if k != "host" && k != "connection" && k != "proxy-connection" {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        head.push_str("\r\n");
+        up.write_all(head.as_bytes()).unwrap();
+        let mut resp = Vec::new();
+        let _ = up.read_to_end(&mut resp);
+        let _ = client.write_all(&resp);
+        let _ = client.shutdown(std::net::Shutdown::Write);
+    }));
+    (port, seen)
+}
+
+#[test]
+fn http_proxy_and_no_proxy_are_honoured() {
+    let reg = &registries().plain;
+    let repo = unique_repo("proxy");
+    let img = sample_image(80, 16);
+    reg.push_image(&repo, "v1", &img);
+    let (port, seen) = proxy();
+    let r = format!("{}/{repo}:v1", reg.host);
+    let h = Hoist::new();
+    let out = h
+        .cmd()
+        .env("HTTP_PROXY", format!("http://127.0.0.1:{port}"))
+        .env("NO_PROXY", "")
+        .args(["pull", &r])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = seen.lock().unwrap().len();
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&format!("http://{}/v2/{repo}/manifests/v1", reg.host))),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let h = Hoist::new();
+    let out = h
+        .cmd()
+        .env("HTTP_PROXY", format!("http://127.0.0.1:{port}"))
+        .env("NO_PROXY", "127.0.0.1")
+        .args(["pull", &r])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        n,
+        "NO_PROXY host went through the proxy"
+    );
+}

@@ -91,7 +91,10 @@ impl Hoist {
 pub fn assert_blobs_verified(layout: &Path) -> usize {
     let dir = layout.join("blobs/sha256");
     let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    for e in entries {
         let p = e.unwrap().path();
         let bytes = std::fs::read(&p).unwrap();
         let name = p.file_name().unwrap().to_str().unwrap().to_string();
