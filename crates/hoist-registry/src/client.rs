@@ -106,11 +106,7 @@ fn is_loopback(host: &str) -> bool {
 }
 
 fn ctx_of(r: &Reference, target: &str) -> ErrorContext {
-    ErrorContext {
-        registry: r.registry().to_string(),
-        repository: r.repository().to_string(),
-        reference: target.to_string(),
-    }
+    ErrorContext::new(r.registry(), r.repository(), target)
 }
 
 /// The message of a transport error with its causes; it holds URLs (never

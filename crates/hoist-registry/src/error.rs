@@ -5,26 +5,42 @@ use hoist_spec::Digest;
 use thiserror::Error;
 
 /// Which image an error is about: every registry error names all three.
+/// Boxed so that errors stay small on the happy path's `Result`s.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorContext {
-    pub registry: String,
-    pub repository: String,
+pub struct ErrorContext(Box<ContextInner>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ContextInner {
+    registry: String,
+    repository: String,
+    reference: String,
+}
+
+impl ErrorContext {
+    pub fn new(registry: &str, repository: &str, reference: &str) -> ErrorContext {
+        ErrorContext(Box::new(ContextInner {
+            registry: registry.into(),
+            repository: repository.into(),
+            reference: reference.into(),
+        }))
+    }
+    pub fn registry(&self) -> &str {
+        &self.0.registry
+    }
+    pub fn repository(&self) -> &str {
+        &self.0.repository
+    }
     /// The tag or digest that was asked for.
-    pub reference: String,
+    pub fn reference(&self) -> &str {
+        &self.0.reference
+    }
 }
 
 impl fmt::Display for ErrorContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sep = if self.reference.contains(':') {
-            '@'
-        } else {
-            ':'
-        };
-        write!(
-            f,
-            "{}/{}{}{}",
-            self.registry, self.repository, sep, self.reference
-        )
+        let c = &self.0;
+        let sep = if c.reference.contains(':') { '@' } else { ':' };
+        write!(f, "{}/{}{}{}", c.registry, c.repository, sep, c.reference)
     }
 }
 
@@ -63,7 +79,7 @@ pub enum RegistryError {
         ctx: ErrorContext,
         msg: RegistryMessage,
     },
-    #[error("rate limited by {}: {ctx}{}{}", ctx.registry, retry_after_text(.retry_after), if *.waited { "" } else { " (use --retry-rate-limit to wait)" })]
+    #[error("rate limited by {}: {ctx}{}{}", ctx.registry(), retry_after_text(.retry_after), if *.waited { "" } else { " (use --retry-rate-limit to wait)" })]
     RateLimited {
         ctx: ErrorContext,
         retry_after: Option<Duration>,
@@ -224,11 +240,7 @@ mod tests {
     use super::*;
 
     fn ctx() -> ErrorContext {
-        ErrorContext {
-            registry: "r".into(),
-            repository: "a/b".into(),
-            reference: "t".into(),
-        }
+        ErrorContext::new("r", "a/b", "t")
     }
 
     #[test]

@@ -30,7 +30,6 @@ pub enum Auth {
 }
 
 pub struct Registries {
-    pub root: PathBuf,
     pub plain: Registry,
     pub tls: Registry,
     pub token: Registry,
@@ -98,7 +97,6 @@ fn start_all() -> Registries {
     );
     let token = start(&root, "token", &token_extra, Auth::Token(issuer));
     Registries {
-        root,
         plain,
         tls,
         token,
@@ -118,7 +116,9 @@ fn start(root: &Path, name: &str, extra: &str, auth: Auth) -> Registry {
     std::fs::write(dir.join("config.yml"), config).unwrap();
     let log = std::fs::File::create(dir.join("registry.log")).unwrap();
     // The shell outlives nothing: it stops the registry once this test
-    // process is gone, and removes the test data.
+    // process is gone, and removes the test data. It is left to run (and
+    // be reaped by init) on purpose.
+    #[allow(clippy::zombie_processes)]
     Command::new("sh")
         .arg("-c")
         .arg(
@@ -161,7 +161,7 @@ fn start(root: &Path, name: &str, extra: &str, auth: Auth) -> Registry {
 
 impl Registry {
     fn http(&self) -> reqwest::blocking::Client {
-        let ca = std::fs::read(&registries_ca()).unwrap();
+        let ca = std::fs::read(registries_ca()).unwrap();
         reqwest::blocking::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
             .no_proxy()
