@@ -1,0 +1,58 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum UnpackError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid layer archive: {0}")]
+    InvalidArchive(String),
+    #[error("reading the layer: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(
+        "layer {layer}: uncompressed digest (diff_id) mismatch: expected {expected}, got {actual}"
+    )]
+    DiffIdMismatch {
+        layer: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("layer {layer}: compressed digest mismatch: expected {expected}, got {actual}")]
+    BlobMismatch {
+        layer: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("this kernel lacks openat2(RESOLVE_IN_ROOT) (Linux 5.6+), which hoist needs to unpack safely")]
+    NoOpenat2,
+}
+
+/// Render a tar path for messages: lossy UTF-8 is fine there.
+pub(crate) fn show(p: &[u8]) -> String {
+    if p.is_empty() {
+        "/".into()
+    } else {
+        format!("/{}", String::from_utf8_lossy(p))
+    }
+}
+
+pub(crate) fn io(op: &'static str, path: &[u8]) -> impl FnOnce(std::io::Error) -> UnpackError {
+    let path = show(path);
+    move |source| UnpackError::Io { op, path, source }
+}
+
+pub(crate) fn errno(
+    op: &'static str,
+    path: &[u8],
+) -> impl FnOnce(rustix::io::Errno) -> UnpackError {
+    let path = show(path);
+    move |e| UnpackError::Io {
+        op,
+        path,
+        source: e.into(),
+    }
+}

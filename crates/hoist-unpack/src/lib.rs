@@ -1,0 +1,20 @@
+//! Apply OCI image layers under a root directory, knowing nothing of where
+//! the layers come from (umoci's `UnpackLayer(root, reader, opts)`).
+//!
+//! Every path is resolved inside the root by the kernel
+//! (`openat2(RESOLVE_IN_ROOT)`) and the last component is never followed, so
+//! nothing outside the root is created, written, chmodded, chowned, linked
+//! or deleted, whatever a layer contains.
+
+mod error;
+mod layer;
+mod meta;
+pub mod path;
+mod root;
+mod stream;
+
+pub use error::UnpackError;
+pub use layer::{LayerStats, Ownership, UnpackOptions, Unpacker};
+pub use meta::{EntryMeta, EntryType, TreeMeta};
+pub use root::remove_tree;
+pub use stream::{LayerStream, StreamDigests};

@@ -1,0 +1,199 @@
+//! The true metadata of every path in the merged tree, as the layers' tar
+//! headers say it, whatever the unpack could apply on disk. Rootless, this
+//! is the only record of owners and device numbers; the disk exporter
+//! writes it into images.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, Write};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryType {
+    File,
+    Dir,
+    Symlink,
+    Char,
+    Block,
+    Fifo,
+}
+
+impl EntryType {
+    fn code(self) -> char {
+        match self {
+            EntryType::File => 'f',
+            EntryType::Dir => 'd',
+            EntryType::Symlink => 'l',
+            EntryType::Char => 'c',
+            EntryType::Block => 'b',
+            EntryType::Fifo => 'p',
+        }
+    }
+    fn from_code(c: &str) -> Option<EntryType> {
+        Some(match c {
+            "f" => EntryType::File,
+            "d" => EntryType::Dir,
+            "l" => EntryType::Symlink,
+            "c" => EntryType::Char,
+            "b" => EntryType::Block,
+            "p" => EntryType::Fifo,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryMeta {
+    pub kind: EntryType,
+    /// Permission bits including setuid, setgid and sticky.
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub major: u32,
+    pub minor: u32,
+    pub mtime: i64,
+}
+
+/// Path (relative, `/`-joined, empty = root) → true metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeMeta {
+    pub entries: BTreeMap<Vec<u8>, EntryMeta>,
+}
+
+fn escape(p: &[u8]) -> String {
+    let mut s = String::with_capacity(p.len() + 1);
+    s.push('/');
+    for &b in p {
+        if b.is_ascii_graphic() && b != b'\\' {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}
+
+fn unescape(s: &str) -> Option<Vec<u8>> {
+    let s = s.strip_prefix('/')?;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            let h = std::str::from_utf8(b.get(i + 2..i + 4)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+impl TreeMeta {
+    /// Drop `rel` and everything below it.
+    pub fn remove_tree(&mut self, rel: &[u8]) {
+        self.entries.remove(rel);
+        let mut lo = rel.to_vec();
+        lo.push(b'/');
+        let mut hi = rel.to_vec();
+        hi.push(b'/' + 1);
+        let doomed: Vec<Vec<u8>> = self.entries.range(lo..hi).map(|(k, _)| k.clone()).collect();
+        for k in doomed {
+            self.entries.remove(&k);
+        }
+    }
+
+    /// One line per path, sorted: `PATH TYPE MODE UID GID MAJOR MINOR MTIME`
+    /// (mode in octal, path escaped as `\xNN` outside printable ASCII).
+    pub fn write_to(&self, mut w: impl Write) -> io::Result<()> {
+        writeln!(
+            w,
+            "# hoist tree metadata v1: path type mode uid gid major minor mtime"
+        )?;
+        for (p, m) in &self.entries {
+            writeln!(
+                w,
+                "{} {} {:04o} {} {} {} {} {}",
+                escape(p),
+                m.kind.code(),
+                m.mode,
+                m.uid,
+                m.gid,
+                m.major,
+                m.minor,
+                m.mtime
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn read_from(r: impl BufRead) -> io::Result<TreeMeta> {
+        let bad = |l: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad tree metadata line: {l}"),
+            )
+        };
+        let mut t = TreeMeta::default();
+        for line in r.lines() {
+            let line = line?;
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() != 8 {
+                return Err(bad(&line));
+            }
+            let p = unescape(f[0]).ok_or_else(|| bad(&line))?;
+            let n = |i: usize| f[i].parse::<u64>().map_err(|_| bad(&line));
+            t.entries.insert(
+                p,
+                EntryMeta {
+                    kind: EntryType::from_code(f[1]).ok_or_else(|| bad(&line))?,
+                    mode: u32::from_str_radix(f[2], 8).map_err(|_| bad(&line))?,
+                    uid: n(3)?,
+                    gid: n(4)?,
+                    major: n(5)? as u32,
+                    minor: n(6)? as u32,
+                    mtime: f[7].parse().map_err(|_| bad(&line))?,
+                },
+            );
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_odd_names() {
+        let mut t = TreeMeta::default();
+        let m = EntryMeta {
+            kind: EntryType::Char,
+            mode: 0o4755,
+            uid: 1000,
+            gid: 65534,
+            major: 1,
+            minor: 3,
+            mtime: 946684800,
+        };
+        t.entries.insert(b"dev/n ull\\\xff".to_vec(), m.clone());
+        t.entries.insert(
+            Vec::new(),
+            EntryMeta {
+                kind: EntryType::Dir,
+                ..m.clone()
+            },
+        );
+        let mut out = Vec::new();
+        t.write_to(&mut out).unwrap();
+        assert_eq!(TreeMeta::read_from(&out[..]).unwrap(), t);
+        t.entries.insert(b"a".to_vec(), m.clone());
+        t.entries.insert(b"a/b".to_vec(), m.clone());
+        t.entries.insert(b"a-c".to_vec(), m.clone());
+        t.remove_tree(b"a");
+        assert!(t.entries.contains_key(&b"a-c"[..]) && !t.entries.contains_key(&b"a/b"[..]));
+    }
+}

@@ -1,0 +1,109 @@
+//! Tar paths made relative to the root, lexically: `..` stops at the root,
+//! as if the archive were rooted there (umoci's `CleanPath` inside the
+//! root). Everything afterwards is also resolved in the root by the kernel,
+//! so this is for naming, not for safety.
+
+use crate::error::UnpackError;
+
+pub const WHITEOUT: &[u8] = b".wh.";
+pub const OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// A cleaned path relative to the root: components joined by `/`, no `.`,
+/// `..` or empty components; empty means the root itself.
+pub fn clean(raw: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join(&b'/')
+}
+
+/// `(parent, name)` of a non-root cleaned path.
+pub fn split(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&[], rel),
+    }
+}
+
+pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        let mut v = Vec::with_capacity(parent.len() + 1 + name.len());
+        v.extend_from_slice(parent);
+        v.push(b'/');
+        v.extend_from_slice(name);
+        v
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    Normal(Vec<u8>),
+    /// `.wh.NAME`: remove NAME (a cleaned path) from lower layers.
+    Whiteout(Vec<u8>),
+    /// `.wh..wh..opq`: hide the lower children of this directory.
+    Opaque(Vec<u8>),
+}
+
+pub fn classify(raw: &[u8]) -> Result<Kind, UnpackError> {
+    let rel = clean(raw);
+    let (parent, name) = split(&rel);
+    if name == OPAQUE {
+        return Ok(Kind::Opaque(parent.to_vec()));
+    }
+    if let Some(target) = name.strip_prefix(WHITEOUT) {
+        if matches!(target, b"" | b"." | b"..") {
+            return Err(UnpackError::InvalidArchive(format!(
+                "whiteout entry {:?} names no file",
+                String::from_utf8_lossy(raw)
+            )));
+        }
+        return Ok(Kind::Whiteout(join(parent, target)));
+    }
+    Ok(Kind::Normal(rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleaning_stays_under_the_root() {
+        assert_eq!(clean(b"./a/b/"), b"a/b");
+        assert_eq!(clean(b"/a//./b"), b"a/b");
+        assert_eq!(clean(b"../../etc/passwd"), b"etc/passwd");
+        assert_eq!(clean(b"a/../../b"), b"b");
+        assert_eq!(clean(b".."), b"");
+        assert_eq!(clean(b""), b"");
+        assert_eq!(split(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+        assert_eq!(split(b"c"), (&b""[..], &b"c"[..]));
+    }
+
+    #[test]
+    fn whiteouts() {
+        assert_eq!(
+            classify(b"a/.wh.b").unwrap(),
+            Kind::Whiteout(b"a/b".to_vec())
+        );
+        assert_eq!(
+            classify(b"./a/.wh..wh..opq").unwrap(),
+            Kind::Opaque(b"a".to_vec())
+        );
+        assert_eq!(classify(b".wh..wh..opq").unwrap(), Kind::Opaque(vec![]));
+        for bad in [&b"a/.wh."[..], b"a/.wh..", b"a/.wh...", b".wh."] {
+            assert!(classify(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(
+            classify(b"a/.whx").unwrap(),
+            Kind::Normal(b"a/.whx".to_vec())
+        );
+    }
+}
