@@ -92,6 +92,19 @@ enum Command {
     },
     /// Pull an image into the cache and print its platform manifest digest.
     Pull { image: String },
+    /// Pull if needed and write the image's root filesystem to DIR.
+    Unpack {
+        image: String,
+        /// Must not exist, or be empty; it appears only when complete.
+        dir: PathBuf,
+        /// preserve: the tar's uid/gid (default as root); caller: everything
+        /// owned by you, true owners recorded in the cache (default otherwise).
+        #[arg(long, value_enum)]
+        ownership: Option<OwnershipArg>,
+        /// Also write the metadata (JSON) to this file.
+        #[arg(long, value_name = "FILE")]
+        metadata_out: Option<PathBuf>,
+    },
     /// List the images in the cache.
     Images,
     /// Verify every blob and image in the cache.
@@ -100,6 +113,12 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OwnershipArg {
+    Preserve,
+    Caller,
 }
 
 /// Errors that are the user's to fix: exit code 2.
@@ -189,6 +208,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull { image } => {
             let p = client.pull(&source(image)?)?;
             output::pulled(&p, g.json, g.quiet)
+        }
+        Command::Unpack {
+            image,
+            dir,
+            ownership,
+            metadata_out,
+        } => {
+            let opts = hoist::UnpackOptions {
+                ownership: ownership.map(|o| match o {
+                    OwnershipArg::Preserve => hoist::Ownership::Preserve,
+                    OwnershipArg::Caller => hoist::Ownership::Caller,
+                }),
+            };
+            let u = client.unpack(&source(image)?, dir, &opts)?;
+            if let Some(f) = metadata_out {
+                std::fs::write(f, serde_json::to_vec_pretty(&u)?)
+                    .with_context(|| format!("writing {}", f.display()))?;
+            }
+            output::unpacked(&u, g.json)
         }
         Command::Images => output::images(&client.images()?, g.json),
         Command::Fsck { repair } => {

@@ -1,6 +1,6 @@
 //! Human and `--json` renderings of the library's results.
 
-use hoist::{FsckReport, ImageSummary, Inspection, Pulled};
+use hoist::{FsckReport, ImageMetadata, ImageSummary, Inspection, Pulled, Unpacked};
 
 fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
@@ -34,7 +34,6 @@ pub fn inspection(i: &Inspection, as_json: bool) -> anyhow::Result<()> {
     if as_json {
         return json(i);
     }
-    let m = &i.metadata;
     println!("Reference:    {}", i.source);
     println!("Digest:       {}", i.digest);
     println!("Media type:   {}", i.media_type);
@@ -45,6 +44,28 @@ pub fn inspection(i: &Inspection, as_json: bool) -> anyhow::Result<()> {
         human_size(i.layers_size),
         i.layers_size
     );
+    metadata(&i.metadata);
+    Ok(())
+}
+
+pub fn unpacked(u: &Unpacked, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(u);
+    }
+    println!("Reference:    {}", u.source);
+    println!("Digest:       {}", u.digest);
+    println!("Platform:     {}", u.platform);
+    println!(
+        "Rootfs:       {} ({} entries, ownership {})",
+        u.rootfs.display(),
+        u.entries,
+        u.ownership
+    );
+    metadata(&u.metadata);
+    Ok(())
+}
+
+fn metadata(m: &ImageMetadata) {
     println!("Entrypoint:   {}", list(&m.entrypoint));
     println!("Cmd:          {}", list(&m.cmd));
     println!(
@@ -76,7 +97,6 @@ pub fn inspection(i: &Inspection, as_json: bool) -> anyhow::Result<()> {
     for (k, v) in &m.labels {
         println!("  {k}={v}");
     }
-    Ok(())
 }
 
 pub fn pulled(p: &Pulled, as_json: bool, quiet: bool) -> anyhow::Result<()> {

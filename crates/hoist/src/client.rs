@@ -345,6 +345,16 @@ impl Client {
     /// not fetched; an image already complete costs no request beyond
     /// resolving a tag (and none for a digest reference).
     pub fn pull(&self, src: &ImageSource) -> Result<Pulled, Error> {
+        Ok(self.pull_checked(src, &|_, _| Ok(()))?.0)
+    }
+
+    /// Pull, running `check` on the manifest and config before any layer
+    /// is fetched.
+    pub(crate) fn pull_checked(
+        &self,
+        src: &ImageSource,
+        check: &dyn Fn(&ImageManifest, &ImageConfig) -> Result<(), Error>,
+    ) -> Result<(Pulled, ImageManifest, ImageConfig), Error> {
         let what = src.to_string();
         let f = self.fetcher(src);
         let r = self.resolve(f.as_ref(), &what)?;
@@ -357,6 +367,7 @@ impl Client {
                 .all(|l| self.store.has_blob(&l.descriptor.digest, l.descriptor.size));
         let cfg = self.config(f.as_ref(), m, &what)?;
         self.check_platform(&r, &cfg, &what)?;
+        check(m, &cfg)?;
         let mut fetched = 0;
         let mut bytes = 0;
         if !complete {
@@ -384,15 +395,16 @@ impl Client {
             platform: cfg.platform.clone(),
             name: f.cache_name(),
         })?;
-        Ok(Pulled {
+        let pulled = Pulled {
             source: what,
             digest,
-            platform: cfg.platform,
+            platform: cfg.platform.clone(),
             cached: complete,
             blobs_fetched: fetched,
             bytes_fetched: bytes,
             layout: self.store.root().to_path_buf(),
-        })
+        };
+        Ok((pulled, r.manifest, cfg))
     }
 
     /// Download blobs with a bounded number at once; the first error stops

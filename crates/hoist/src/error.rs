@@ -1,6 +1,7 @@
 use hoist_registry::RegistryError;
 use hoist_spec::SpecError;
 use hoist_store::StoreError;
+use hoist_unpack::UnpackError;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -20,6 +21,14 @@ pub enum Error {
     },
     #[error("{layout}: {reason}")]
     Layout { layout: String, reason: String },
+    #[error("unpacking {image}: {source}")]
+    Unpack {
+        image: String,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("{path}: {reason}")]
+    Target { path: String, reason: String },
     #[error("{layout}: no image tagged {tag:?} (tags: {available})")]
     LayoutTagNotFound {
         layout: String,
@@ -81,6 +90,12 @@ impl Error {
             },
             Error::Store(e) | Error::Blob { source: e, .. } => store_kind(e),
             Error::LayoutTagNotFound { .. } => ErrorKind::NotFound,
+            Error::Unpack {
+                source: UnpackError::DiffIdMismatch { .. } | UnpackError::BlobMismatch { .. },
+                ..
+            } => ErrorKind::Integrity,
+            Error::Unpack { .. } => ErrorKind::Other,
+            Error::Target { .. } => ErrorKind::Usage,
             Error::Layout { .. } => ErrorKind::Other,
         }
     }

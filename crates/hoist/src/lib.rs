@@ -4,11 +4,14 @@ mod client;
 mod error;
 mod progress;
 mod source;
+mod unpack;
 
 pub use client::{default_cache_dir, Client, ClientOptions, ImageSummary, Inspection, Pulled};
 pub use error::{Error, ErrorKind};
+pub use hoist_unpack::{Ownership, TreeMeta};
 pub use progress::{NoProgress, Progress};
 pub use source::ImageSource;
+pub use unpack::{UnpackOptions, Unpacked};
 
 /// The building blocks, for callers that need more than the facade.
 pub use hoist_registry::{Credentials, RegistryOptions, RetryPolicy};

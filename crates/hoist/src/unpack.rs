@@ -1,0 +1,203 @@
+//! `Client::unpack`: pull through the cache, validate, then apply the layers
+//! into a sibling temp directory that is renamed into place only on success.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hoist_spec::{Digest, ImageMetadata, Platform};
+use hoist_unpack::{
+    LayerStream, Ownership, TreeMeta, UnpackError, UnpackOptions as LayerOptions, Unpacker,
+};
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::source::ImageSource;
+
+/// How to unpack. `Default` preserves owners as root and maps them to the
+/// caller otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct UnpackOptions {
+    /// `None`: `Preserve` as root, `Caller` otherwise.
+    pub ownership: Option<Ownership>,
+}
+
+/// What `unpack` produced: the rootfs and the image's run metadata.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unpacked {
+    pub source: String,
+    pub digest: Digest,
+    pub platform: Platform,
+    pub rootfs: PathBuf,
+    pub ownership: &'static str,
+    /// The true owner, mode and device numbers of every path, as the tar
+    /// headers give them (see `hoist_unpack::TreeMeta`).
+    pub tree_metadata: PathBuf,
+    pub diff_ids: Vec<String>,
+    pub entries: u64,
+    pub metadata: ImageMetadata,
+}
+
+fn target_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Target {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// `dir` must not exist, or be an empty directory.
+fn check_target(dir: &Path) -> Result<bool, Error> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(target_err(dir, e.to_string())),
+        Ok(m) if !m.is_dir() => Err(target_err(dir, "exists and is not a directory")),
+        Ok(_) => {
+            let mut it = std::fs::read_dir(dir).map_err(|e| target_err(dir, e.to_string()))?;
+            if it.next().is_some() {
+                return Err(target_err(dir, "directory is not empty"));
+            }
+            Ok(true)
+        }
+    }
+}
+
+impl Client {
+    /// Pull (through the cache) and write the image's root filesystem to
+    /// `dir`. Nothing is added inside `dir`; after a failure `dir` is as it
+    /// was (absent, or empty).
+    pub fn unpack(
+        &self,
+        src: &ImageSource,
+        dir: &Path,
+        opts: &UnpackOptions,
+    ) -> Result<Unpacked, Error> {
+        let what = src.to_string();
+        let existed = check_target(dir)?;
+        let ownership = opts
+            .ownership
+            .unwrap_or_else(Ownership::default_for_process);
+        let (pulled, manifest, config) = self.pull_checked(src, &|m, cfg| {
+            cfg.validate_for_unpack(m.layers.len(), &what)?;
+            Ok(())
+        })?;
+        let diff_ids: Vec<Digest> = config
+            .diff_ids
+            .iter()
+            .map(|d| d.parse())
+            .collect::<Result<_, _>>()?;
+
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dir
+            .file_name()
+            .ok_or_else(|| target_err(dir, "names no directory"))?
+            .to_string_lossy()
+            .to_string();
+        let tmp = parent.join(format!(
+            ".{name}.hoist-{}-{:x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir(&tmp).map_err(|e| target_err(&tmp, e.to_string()))?;
+        let result = (|| -> Result<(TreeMeta, u64), Error> {
+            let unpack_err = |source| Error::Unpack {
+                image: what.clone(),
+                source,
+            };
+            let mut u = Unpacker::new(&tmp, LayerOptions { ownership }).map_err(unpack_err)?;
+            let mut entries = 0;
+            for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
+                let d = &layer.descriptor;
+                let blob = self.store().open_blob(&d.digest, d.size)?;
+                let mut stream = LayerStream::new(
+                    blob,
+                    layer.compression,
+                    d.digest.algorithm(),
+                    diff_id.algorithm(),
+                );
+                let stats = u.apply_layer(&mut stream).map_err(unpack_err)?;
+                entries += stats.entries;
+                let got = stream
+                    .finish()
+                    .map_err(|e| unpack_err(UnpackError::Read(e)))?;
+                if got.compressed != d.digest {
+                    return Err(unpack_err(UnpackError::BlobMismatch {
+                        layer: d.digest.to_string(),
+                        expected: d.digest.to_string(),
+                        actual: got.compressed.to_string(),
+                    }));
+                }
+                if &got.uncompressed != diff_id {
+                    return Err(unpack_err(UnpackError::DiffIdMismatch {
+                        layer: d.digest.to_string(),
+                        expected: diff_id.to_string(),
+                        actual: got.uncompressed.to_string(),
+                    }));
+                }
+            }
+            Ok((u.finish().map_err(unpack_err)?, entries))
+        })();
+        let (tree, entries) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Err(rm) = hoist_unpack::remove_tree(&tmp) {
+                    tracing::warn!("could not remove {}: {rm}", tmp.display());
+                }
+                return Err(e);
+            }
+        };
+        let tree_metadata = self.write_tree_meta(&pulled.digest, &tree)?;
+        if existed {
+            std::fs::remove_dir(dir).map_err(|e| target_err(dir, e.to_string()))?;
+        }
+        if let Err(e) = std::fs::rename(&tmp, dir) {
+            let _ = hoist_unpack::remove_tree(&tmp);
+            return Err(target_err(dir, e.to_string()));
+        }
+        Ok(Unpacked {
+            source: what,
+            digest: pulled.digest,
+            platform: pulled.platform,
+            rootfs: dir.to_path_buf(),
+            ownership: match ownership {
+                Ownership::Preserve => "preserve",
+                Ownership::Caller => "caller",
+            },
+            tree_metadata,
+            diff_ids: config.diff_ids,
+            entries,
+            metadata: config.metadata,
+        })
+    }
+
+    /// The recorded tree metadata of an unpacked image, kept in the cache
+    /// beside its blobs: `.hoist/trees/<digest hex>.v1.txt`.
+    pub fn tree_metadata_path(&self, digest: &Digest) -> PathBuf {
+        self.layout_path()
+            .join(".hoist")
+            .join("trees")
+            .join(format!("{}.v1.txt", digest.hex()))
+    }
+
+    fn write_tree_meta(&self, digest: &Digest, tree: &TreeMeta) -> Result<PathBuf, Error> {
+        let path = self.tree_metadata_path(digest);
+        let dir = path.parent().expect("has a parent");
+        let io = |e: std::io::Error| {
+            Error::Store(hoist_store::StoreError::Io {
+                path: path.clone(),
+                source: e,
+            })
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = dir.join(format!(".{}.{}.partial", digest.hex(), std::process::id()));
+        let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(io)?);
+        tree.write_to(&mut f).map_err(io)?;
+        f.flush().map_err(io)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(path)
+    }
+}
