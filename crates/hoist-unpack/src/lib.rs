@@ -18,3 +18,6 @@ pub use layer::{LayerStats, Ownership, UnpackOptions, Unpacker};
 pub use meta::{EntryMeta, EntryType, TreeMeta};
 pub use root::remove_tree;
 pub use stream::{LayerStream, StreamDigests};
+
+#[cfg(test)]
+mod tests;

@@ -92,6 +92,21 @@ impl Root {
     }
 
     fn make_dirs(&self, rel: &[u8], created: &mut Vec<Vec<u8>>) -> Result<OwnedFd, UnpackError> {
+        self.make_dirs_at(rel, created, 0)
+    }
+
+    /// Create `rel` one component at a time. A dangling symlink in the way
+    /// (`var/run -> /run` before `/run` exists) gets its target created,
+    /// resolved inside the root like everything else, as umoci does.
+    fn make_dirs_at(
+        &self,
+        rel: &[u8],
+        created: &mut Vec<Vec<u8>>,
+        hops: u32,
+    ) -> Result<OwnedFd, UnpackError> {
+        if hops > 40 {
+            return Err(errno("create directory", rel)(Errno::LOOP));
+        }
         let mut cur =
             fs::openat(&self.fd, ".", DIR_FLAGS, Mode::empty()).map_err(errno("open root", b""))?;
         let mut prefix: Vec<u8> = Vec::new();
@@ -99,16 +114,25 @@ impl Root {
             let next = path::join(&prefix, comp);
             let fd = match fs::openat2(&self.fd, &next[..], DIR_FLAGS, Mode::empty(), resolve()) {
                 Ok(fd) => fd,
-                Err(Errno::NOENT) => {
-                    match fs::mkdirat(&cur, comp, Mode::from_raw_mode(0o755)) {
-                        Ok(()) => created.push(next.clone()),
-                        // A dangling symlink is in the way: its target is
-                        // not created (umoci neither follows it).
-                        Err(e) => return Err(errno("create directory", &next)(e)),
+                Err(Errno::NOENT) => match fs::mkdirat(&cur, comp, Mode::from_raw_mode(0o755)) {
+                    Ok(()) => {
+                        created.push(next.clone());
+                        fs::openat(&cur, comp, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty())
+                            .map_err(errno("open directory", &next))?
                     }
-                    fs::openat(&cur, comp, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty())
-                        .map_err(errno("open directory", &next))?
-                }
+                    Err(Errno::EXIST) => {
+                        let target = fs::readlinkat(&cur, comp, Vec::new())
+                            .map_err(errno("create directory", &next))?;
+                        let target = target.as_bytes();
+                        let resolved = if target.starts_with(b"/") {
+                            path::clean(target)
+                        } else {
+                            path::clean(&path::join(&prefix, target))
+                        };
+                        self.make_dirs_at(&resolved, created, hops + 1)?
+                    }
+                    Err(e) => return Err(errno("create directory", &next)(e)),
+                },
                 Err(e) => return Err(errno("open directory", &next)(e)),
             };
             cur = fd;
