@@ -87,14 +87,23 @@ fn read_header<R: Read>(e: &mut tar::Entry<'_, R>, kind: EntryType) -> Result<He
         UnpackError::InvalidArchive(format!("{shown}: bad {what}: {err}"))
     };
     let h = e.header();
+    // An all-NUL or blank numeric field reads as 0, as Go's archive/tar
+    // (and so umoci) reads it; anything else unparsable is an error.
+    let blank = |f: &[u8]| f.iter().all(|&b| b == 0 || b == b' ');
+    let old = h.as_old();
+    let num = |what: &str, v: std::io::Result<u64>, raw: &[u8]| match v {
+        Ok(v) => Ok(v),
+        Err(_) if blank(raw) => Ok(0),
+        Err(x) => Err(bad(what, x)),
+    };
     let mut meta = EntryMeta {
         kind,
-        mode: h.mode().map_err(|x| bad("mode", x))? & 0o7777,
-        uid: h.uid().map_err(|x| bad("uid", x))?,
-        gid: h.gid().map_err(|x| bad("gid", x))?,
+        mode: num("mode", h.mode().map(u64::from), &old.mode)? as u32 & 0o7777,
+        uid: num("uid", h.uid(), &old.uid)?,
+        gid: num("gid", h.gid(), &old.gid)?,
         major: 0,
         minor: 0,
-        mtime: h.mtime().map_err(|x| bad("mtime", x))? as i64,
+        mtime: num("mtime", h.mtime(), &old.mtime)? as i64,
     };
     if matches!(kind, EntryType::Char | EntryType::Block) {
         meta.major = h.device_major().ok().flatten().unwrap_or(0);

@@ -9,3 +9,4 @@ mod cli;
 mod faults;
 mod pull;
 mod robustness;
+mod unpack;

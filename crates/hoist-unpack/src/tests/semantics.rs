@@ -335,7 +335,7 @@ fn fifos_and_devices_with_true_numbers_recorded() {
         .finish();
     for o in [Ownership::Caller, own()] {
         let d = t.path().join(format!("{o:?}"));
-        let (root, res) = apply(&d, &[l.clone()], o);
+        let (root, res) = apply(&d, std::slice::from_ref(&l), o);
         let tree = res.unwrap();
         assert!(std::fs::symlink_metadata(root.join("fifo"))
             .unwrap()

@@ -3,6 +3,7 @@ pub mod http;
 pub mod image;
 pub mod registry;
 pub mod token;
+pub mod treesum;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
