@@ -28,6 +28,9 @@ ap.add_argument("--runs", type=int, default=3)
 ap.add_argument("--ref", default="127.0.0.1:5000/rig/big:latest")
 ap.add_argument("--hoist", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "hoist"))
 ap.add_argument("--no-cold", action="store_true")
+ap.add_argument("--settle", type=float, default=20.0,
+                help="seconds to wait after deleting outputs (untimed): on a filesystem mounted with "
+                     "online discard, allocation right after a mass delete is many times slower")
 a = ap.parse_args()
 env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
 work = tempfile.mkdtemp(prefix="hoist-bench-unpack-", dir="/var/tmp")
@@ -48,6 +51,7 @@ def clean(*paths):
         if os.path.lexists(p):
             subprocess.run(["rm", "-rf", p], check=True)
     os.sync()
+    time.sleep(a.settle)
 
 
 cache = os.path.join(work, "cache")

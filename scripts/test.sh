@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run hoist's whole test suite. The integration tests start their own
 # registries (Debian's docker-registry) on free loopback ports and use
-# Debian's skopeo and umoci; as root this installs them when missing.
+# Debian's skopeo, umoci and attr (setfattr); as root this installs them
+# when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ need=()
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v umoci >/dev/null || need+=(umoci)
+command -v setfattr >/dev/null || need+=(attr)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
