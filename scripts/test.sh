@@ -11,6 +11,12 @@ need=()
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v umoci >/dev/null || need+=(umoci)
 command -v setfattr >/dev/null || need+=(attr)
+command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
+command -v debugfs >/dev/null || need+=(e2fsprogs)
+command -v fakeroot >/dev/null || need+=(fakeroot)
+command -v cpio >/dev/null || need+=(cpio)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
@@ -26,6 +32,20 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" ca-certificates >/dev/null
   [ "$added" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+# The boot smoke test needs a kernel: take vmlinuz out of Debian's
+# linux-image package (no install, no initramfs) into target/test-kernel.
+if ! ls target/test-kernel/boot/vmlinuz-* >/dev/null 2>&1; then
+  dl=$(mktemp -d)
+  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  if [ -n "$pkg" ] && (cd "$dl" && apt-get download -qq "$pkg" 2>/dev/null); then
+    mkdir -p target/test-kernel
+    dpkg-deb --fsys-tarfile "$dl"/*.deb | tar -x -C target/test-kernel --wildcards './boot/vmlinuz-*'
+  else
+    echo "scripts/test.sh: could not fetch a kernel; the boot smoke test will say SKIPPED" >&2
+  fi
+  rm -rf "$dl"
 fi
 
 cargo test --workspace "$@"

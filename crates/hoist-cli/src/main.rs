@@ -105,6 +105,21 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         metadata_out: Option<PathBuf>,
     },
+    /// Pull and unpack as needed, then write a bootable disk image.
+    Export {
+        image: String,
+        /// The image file to write (atomically).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "ext4")]
+        format: FormatArg,
+        /// Fixed ext4 size (e.g. 512M, 2G); default: the tree plus a computed margin.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        /// gzip the cpio archive.
+        #[arg(long)]
+        gzip: bool,
+    },
     /// List the images in the cache.
     Images,
     /// Verify every blob and image in the cache.
@@ -113,6 +128,35 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Ext4,
+    Erofs,
+    Cpio,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let m: u64 = match mult
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("bad size suffix in {s:?} (use K, M, G, T)")),
+    };
+    n.checked_mul(m)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -227,6 +271,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", f.display()))?;
             }
             output::unpacked(&u, g.json)
+        }
+        Command::Export {
+            image,
+            output: out,
+            format,
+            size,
+            gzip,
+        } => {
+            if *gzip && !matches!(format, FormatArg::Cpio) {
+                bail!(Usage("--gzip applies to --format cpio".into()));
+            }
+            if size.is_some() && !matches!(format, FormatArg::Ext4) {
+                bail!(Usage("--size applies to --format ext4".into()));
+            }
+            let opts = hoist::ExportOptions {
+                format: match format {
+                    FormatArg::Ext4 => hoist::Format::Ext4,
+                    FormatArg::Erofs => hoist::Format::Erofs,
+                    FormatArg::Cpio => hoist::Format::Cpio { gzip: *gzip },
+                },
+                size: *size,
+                ownership: None,
+            };
+            let e = client.export(&source(image)?, out, &opts)?;
+            output::exported(&e, g.json)
         }
         Command::Images => output::images(&client.images()?, g.json),
         Command::Fsck { repair } => {

@@ -1,6 +1,6 @@
 //! Human and `--json` renderings of the library's results.
 
-use hoist::{FsckReport, ImageMetadata, ImageSummary, Inspection, Pulled, Unpacked};
+use hoist::{Exported, FsckReport, ImageMetadata, ImageSummary, Inspection, Pulled, Unpacked};
 
 fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
@@ -62,6 +62,24 @@ pub fn unpacked(u: &Unpacked, as_json: bool) -> anyhow::Result<()> {
         u.ownership
     );
     metadata(&u.metadata);
+    Ok(())
+}
+
+pub fn exported(e: &Exported, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(e);
+    }
+    println!("Reference:    {}", e.source);
+    println!("Digest:       {}", e.digest);
+    println!("Platform:     {}", e.platform);
+    println!(
+        "Image:        {} ({}, {}, content {})",
+        e.path.display(),
+        e.format,
+        human_size(e.size),
+        human_size(e.content_bytes)
+    );
+    metadata(&e.metadata);
     Ok(())
 }
 

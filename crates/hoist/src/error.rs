@@ -1,3 +1,4 @@
+use hoist_export::ExportError;
 use hoist_registry::RegistryError;
 use hoist_spec::SpecError;
 use hoist_store::StoreError;
@@ -29,6 +30,12 @@ pub enum Error {
     },
     #[error("{path}: {reason}")]
     Target { path: String, reason: String },
+    #[error("exporting {image}: {source}")]
+    Export {
+        image: String,
+        #[source]
+        source: ExportError,
+    },
     #[error("{layout}: no image tagged {tag:?} (tags: {available})")]
     LayoutTagNotFound {
         layout: String,
@@ -96,6 +103,11 @@ impl Error {
             } => ErrorKind::Integrity,
             Error::Unpack { .. } => ErrorKind::Other,
             Error::Target { .. } => ErrorKind::Usage,
+            Error::Export {
+                source: ExportError::TooSmall { .. },
+                ..
+            } => ErrorKind::Usage,
+            Error::Export { .. } => ErrorKind::Other,
             Error::Layout { .. } => ErrorKind::Other,
         }
     }

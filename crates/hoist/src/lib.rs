@@ -2,12 +2,15 @@
 
 mod client;
 mod error;
+mod export;
 mod progress;
 mod source;
 mod unpack;
 
 pub use client::{default_cache_dir, Client, ClientOptions, ImageSummary, Inspection, Pulled};
 pub use error::{Error, ErrorKind};
+pub use export::{ExportOptions, Exported};
+pub use hoist_export::Format;
 pub use hoist_unpack::{Ownership, TreeMeta};
 pub use progress::{NoProgress, Progress};
 pub use source::ImageSource;

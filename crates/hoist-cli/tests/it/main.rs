@@ -6,6 +6,7 @@ mod harness;
 
 mod auth;
 mod cli;
+mod export;
 mod faults;
 mod pull;
 mod robustness;

@@ -1,0 +1,459 @@
+//! `hoist export` to ext4, erofs and cpio, checked with tools that read the
+//! images without mounting them; as root and as an unprivileged user, the
+//! images must say the same owners, modes and device numbers.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::image::{sha256, Blob, Image};
+use crate::harness::{registries, unique_repo, Hoist};
+use hoist_spec::media;
+
+fn is_root() -> bool {
+    // SAFETY: no arguments, always succeeds.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn sh(script: &str, dir: &Path) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A one-layer image made by GNU tar from a tree built as root: /etc/shadow
+/// 0640 root:42, /home/app owned 1000, setuid, /dev/null and a block
+/// device, a FIFO, a hardlink, symlinks; busybox (when installed) and an
+/// init script as the entrypoint.
+fn image(work: &Path) -> (String, Image) {
+    let t = work.join("tree");
+    std::fs::create_dir_all(&t).unwrap();
+    sh(
+        "mkdir -p etc home/app bin dev usr/bin tmp
+         printf 'root:*:19000:0:99999:7:::\n' > etc/shadow; chown 0:42 etc/shadow; chmod 0640 etc/shadow
+         echo hello > home/app/greeting; chown -R 1000:1000 home/app
+         printf '#!/bin/sh\n' > usr/bin/su-like; chmod 4755 usr/bin/su-like
+         mknod dev/null c 1 3; chmod 0666 dev/null; mknod dev/sda b 8 0; chown 0:6 dev/sda; chmod 0660 dev/sda
+         mkfifo tmp/fifo; chmod 1777 tmp
+         echo linked > etc/a; ln etc/a etc/b; ln -s /etc/a etc/abs-link
+         if [ -x /bin/busybox ]; then cp /bin/busybox bin/busybox; fi
+         printf '#!/bin/busybox sh\n/bin/busybox echo HOIST-BOOT-OK uid=$(/bin/busybox id -u) shadow=$(/bin/busybox stat -c %%u:%%g:%%a /etc/shadow) null=$(/bin/busybox stat -c %%F:%%t,%%T /dev/null)\n/bin/busybox poweroff -f\n' > init.sh
+         chmod 0755 init.sh",
+        &t,
+    );
+    let out = Command::new("tar")
+        .args([
+            "--format=pax",
+            "--numeric-owner",
+            "--sort=name",
+            "-cf",
+            "-",
+            "-C",
+        ])
+        .arg(&t)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let tar = out.stdout;
+    let layer = Blob {
+        media_type: media::OCI_LAYER_GZIP.into(),
+        bytes: crate::harness::image::gzip(&tar),
+    };
+    let cfg = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/init.sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]}});
+    let config = Blob {
+        media_type: media::OCI_CONFIG.into(),
+        bytes: serde_json::to_vec(&cfg).unwrap(),
+    };
+    let m = serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": config.descriptor(), "layers": [layer.descriptor()]});
+    let img = Image {
+        manifest: Blob {
+            media_type: media::OCI_MANIFEST.into(),
+            bytes: serde_json::to_vec(&m).unwrap(),
+        },
+        config,
+        layers: vec![layer],
+    };
+    let reg = &registries().plain;
+    let repo = unique_repo("export");
+    reg.push_image(&repo, "v1", &img);
+    (format!("{}/{repo}:v1", reg.host), img)
+}
+
+/// Run `hoist export` as root, or as uid 65534 with `unprivileged`.
+fn export(r: &str, base: &Path, format: &str, name: &str, unprivileged: bool) -> PathBuf {
+    let out = base.join(name);
+    let mut c = if unprivileged {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_hoist"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_hoist"))
+    };
+    let cache = base.join(if unprivileged {
+        "cache-user"
+    } else {
+        "cache-root"
+    });
+    let o = c
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["--json", "export", r, "--format", format, "-o"])
+        .arg(&out)
+        .env("HOME", base)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "export {format} (unprivileged: {unprivileged}): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["path"], out.to_str().unwrap());
+    assert_eq!(v["metadata"]["entrypoint"][0], "/init.sh");
+    out
+}
+
+fn base_dir() -> tempfile::TempDir {
+    let base = tempfile::Builder::new()
+        .prefix("hoist-export")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    base
+}
+
+fn cpio_listing(f: &Path) -> String {
+    let o = Command::new("cpio")
+        .args(["-itv", "--numeric-uid-gid", "--quiet"])
+        .stdin(std::fs::File::open(f).unwrap())
+        .output()
+        .expect("cpio");
+    assert!(
+        o.status.success(),
+        "cpio: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn debugfs_stat(img: &Path, path: &str) -> String {
+    let o = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {path}"))
+        .arg(img)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&o.stdout).to_string();
+    // Type, mode, owner and device lines; not the times or block lists.
+    s.lines()
+        .filter(|l| {
+            l.starts_with("Inode:") || l.starts_with("User:") || l.contains("Device major/minor")
+        })
+        .map(|l| l.split("   Flags").next().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn exports_say_the_true_ownership_as_root_and_unprivileged() {
+    if !is_root() {
+        eprintln!("SKIPPED: building the device-node fixture and dropping privileges need root");
+        return;
+    }
+    let base = base_dir();
+    let (r, _) = image(base.path());
+
+    // cpio
+    let root_cpio = export(&r, base.path(), "cpio", "root.cpio", false);
+    let user_cpio = export(&r, base.path(), "cpio", "user.cpio", true);
+    let listing = cpio_listing(&root_cpio);
+    assert_eq!(
+        listing,
+        cpio_listing(&user_cpio),
+        "root and unprivileged cpio listings differ"
+    );
+    let line = |p: &str| {
+        listing
+            .lines()
+            .find(|l| l.ends_with(&format!(" {p}")))
+            .unwrap_or_else(|| panic!("{p} missing:\n{listing}"))
+            .to_string()
+    };
+    assert!(
+        line("etc/shadow").starts_with("-rw-r-----   1 0        42"),
+        "{}",
+        line("etc/shadow")
+    );
+    assert!(
+        line("home/app/greeting").contains(" 1000     1000 "),
+        "{}",
+        line("home/app/greeting")
+    );
+    assert!(
+        line("usr/bin/su-like").starts_with("-rwsr-xr-x"),
+        "{}",
+        line("usr/bin/su-like")
+    );
+    assert!(
+        line("dev/null").starts_with("crw-rw-rw-") && line("dev/null").contains("1,   3"),
+        "{}",
+        line("dev/null")
+    );
+    assert!(
+        line("dev/sda").starts_with("brw-rw----") && line("dev/sda").contains(" 0        6 "),
+        "{}",
+        line("dev/sda")
+    );
+    assert!(line("tmp/fifo").starts_with("p"), "{}", line("tmp/fifo"));
+    assert!(line("tmp").starts_with("drwxrwxrwt"));
+    assert!(line("etc/abs-link -> /etc/a").starts_with("l"));
+    assert!(
+        line("etc/a").starts_with("-rw-r--r--   2 "),
+        "hardlink kept: {}",
+        line("etc/a")
+    );
+
+    // ext4
+    let root_ext4 = export(&r, base.path(), "ext4", "root.ext4", false);
+    let user_ext4 = export(&r, base.path(), "ext4", "user.ext4", true);
+    for img in [&root_ext4, &user_ext4] {
+        let o = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
+        assert!(
+            o.status.success(),
+            "e2fsck: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    for p in [
+        "/etc/shadow",
+        "/home/app",
+        "/home/app/greeting",
+        "/usr/bin/su-like",
+        "/dev/null",
+        "/dev/sda",
+        "/tmp/fifo",
+        "/etc/a",
+        "/etc/b",
+        "/etc/abs-link",
+    ] {
+        let a = debugfs_stat(&root_ext4, p);
+        assert!(!a.is_empty(), "{p} missing in ext4");
+        assert_eq!(
+            a,
+            debugfs_stat(&user_ext4, p),
+            "{p}: root and unprivileged ext4 differ"
+        );
+    }
+    let shadow = debugfs_stat(&root_ext4, "/etc/shadow");
+    assert!(
+        shadow.contains("Mode:  0640") && shadow.contains("User:     0   Group:    42"),
+        "{shadow}"
+    );
+    let null = debugfs_stat(&root_ext4, "/dev/null");
+    assert!(
+        null.contains("character special") && null.contains("Device major/minor number: 01:03"),
+        "{null}"
+    );
+    assert_eq!(
+        debugfs_stat(&root_ext4, "/etc/a")
+            .split('\n')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1),
+        debugfs_stat(&root_ext4, "/etc/b")
+            .split('\n')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1),
+        "hardlinks share an inode"
+    );
+
+    // erofs
+    let root_erofs = export(&r, base.path(), "erofs", "root.erofs", false);
+    let user_erofs = export(&r, base.path(), "erofs", "user.erofs", true);
+    for img in [&root_erofs, &user_erofs] {
+        let o = Command::new("fsck.erofs").arg(img).output().unwrap();
+        assert!(
+            o.status.success(),
+            "fsck.erofs: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let dump = |img: &Path, p: &str| {
+        let o = Command::new("dump.erofs")
+            .arg(format!("--path={p}"))
+            .arg(img)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| {
+                l.starts_with("Uid")
+                    || l.contains("file")
+                    || l.contains("device")
+                    || l.contains("fifo")
+                    || l.contains("directory")
+            })
+            .map(|l| l.split("  On-disk").next().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for p in [
+        "/etc/shadow",
+        "/home/app/greeting",
+        "/usr/bin/su-like",
+        "/dev/null",
+        "/dev/sda",
+        "/tmp/fifo",
+    ] {
+        let a = dump(&root_erofs, p);
+        assert!(a.contains("Uid"), "{p}: {a}");
+        assert_eq!(
+            a,
+            dump(&user_erofs, p),
+            "{p}: root and unprivileged erofs differ"
+        );
+    }
+    assert!(
+        dump(&root_erofs, "/etc/shadow").contains("Uid: 0   Gid: 42  Access: 0640"),
+        "{}",
+        dump(&root_erofs, "/etc/shadow")
+    );
+}
+
+#[test]
+fn ext4_is_deterministic_and_a_too_small_size_is_a_clear_error() {
+    let base = base_dir();
+    let (r, _) = image(base.path());
+    let h = Hoist::new();
+    let a = h.home.path().join("a.ext4");
+    let b = h.home.path().join("b.ext4");
+    h.ok(&["export", &r, "-o", a.to_str().unwrap()]);
+    h.ok(&["export", &r, "-o", b.to_str().unwrap()]);
+    assert_eq!(
+        sha256(&std::fs::read(&a).unwrap()),
+        sha256(&std::fs::read(&b).unwrap()),
+        "same image, different ext4 bytes"
+    );
+    let e = h.fails(
+        &[
+            "export",
+            &r,
+            "-o",
+            h.home.path().join("c.ext4").to_str().unwrap(),
+            "--size",
+            "64K",
+        ],
+        2,
+    );
+    assert!(e.contains("more than the requested size"), "{e}");
+    assert!(
+        !h.home.path().join("c.ext4").exists(),
+        "a failed export left its output"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(h.home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".hoist-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let gz = h.home.path().join("x.cpio.gz");
+    h.ok(&[
+        "export",
+        &r,
+        "--format",
+        "cpio",
+        "--gzip",
+        "-o",
+        gz.to_str().unwrap(),
+    ]);
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -dc {} | cpio -it --quiet", gz.display()))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .any(|l| l == "etc/shadow"));
+}
+
+/// Boot the cpio export under QEMU with Debian's kernel, the image's
+/// entrypoint as init, and read its serial console.
+#[test]
+fn cpio_export_boots_under_qemu_with_the_entrypoint_as_init() {
+    // $HOIST_TEST_KERNEL, else the kernel scripts/test.sh extracts from
+    // Debian's linux-image package, else the host's /boot.
+    let newest = |dir: PathBuf| {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("vmlinuz-")
+            })
+            .collect();
+        v.sort();
+        v.pop()
+    };
+    let kernel = std::env::var_os("HOIST_TEST_KERNEL")
+        .map(PathBuf::from)
+        .or_else(|| {
+            newest(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-kernel/boot"))
+        })
+        .or_else(|| newest(PathBuf::from("/boot")));
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok();
+    let busybox = Path::new("/bin/busybox").exists();
+    if kernel.is_none() || !qemu || !busybox || !is_root() {
+        eprintln!(
+            "SKIPPED: boot smoke test needs a kernel in /boot (linux-image-amd64), qemu-system-x86_64, busybox-static and root; have kernel={kernel:?} qemu={qemu} busybox={busybox}"
+        );
+        return;
+    }
+    let base = base_dir();
+    let (r, _) = image(base.path());
+    let img = export(&r, base.path(), "cpio", "boot.cpio", true);
+    let out = Command::new("timeout")
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+        ])
+        .arg(kernel.unwrap())
+        .arg("-initrd")
+        .arg(&img)
+        .args(["-append", "console=ttyS0 rdinit=/init.sh panic=-1 quiet"])
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    let line = console
+        .lines()
+        .find(|l| l.contains("HOIST-BOOT-OK"))
+        .unwrap_or_else(|| panic!("no boot marker on the console:\n{console}"));
+    assert!(line.contains("uid=0"), "{line}");
+    assert!(line.contains("shadow=0:42:640"), "{line}");
+    assert!(line.contains("null=character special file:1,3"), "{line}");
+}

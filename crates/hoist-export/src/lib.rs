@@ -1,0 +1,53 @@
+//! Root filesystem plus recorded true metadata → VM disk images.
+//!
+//! The contents come from the unpacked rootfs; owners, modes and device
+//! numbers come from the recorded tree metadata, so the image says what the
+//! image's tar headers said even when hoist unpacked without root.
+
+mod cpio;
+mod erofs;
+mod error;
+mod ext4;
+mod tree;
+
+pub use cpio::CpioStats;
+pub use erofs::ErofsOptions;
+pub use error::ExportError;
+pub use ext4::{Ext4Options, Ext4Stats};
+pub use tree::Tree;
+
+use std::io::BufWriter;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ext4,
+    Erofs,
+    Cpio { gzip: bool },
+}
+
+/// Write a newc cpio (optionally gzip'd) of the tree to `out`.
+pub fn write_cpio(tree: &Tree<'_>, out: &Path, gzip: bool) -> Result<CpioStats, ExportError> {
+    let f = std::fs::File::create(out).map_err(|e| ExportError::io("create", out, e))?;
+    let w = BufWriter::with_capacity(1 << 20, f);
+    if gzip {
+        let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
+        let s = cpio::write(tree, &mut gz)?;
+        gz.finish().map_err(ExportError::Write)?;
+        Ok(s)
+    } else {
+        cpio::write(tree, w)
+    }
+}
+
+pub fn write_ext4(
+    tree: &Tree<'_>,
+    out: &Path,
+    opts: &Ext4Options,
+) -> Result<Ext4Stats, ExportError> {
+    ext4::write(tree, out, opts)
+}
+
+pub fn write_erofs(tree: &Tree<'_>, out: &Path, opts: &ErofsOptions) -> Result<u64, ExportError> {
+    erofs::write(tree, out, opts)
+}
