@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Export to ext4: hoist vs the Go original's path, alternating runs.
+
+    scripts/bench-export.py [--runs N] [--ref HOST/REPO:TAG] [--hoist PATH]
+
+hoist:  `hoist export REF -o FILE` (blobs already in the cache; includes the
+        unpack and the ownership pass).
+go:     `umoci unpack --rootless` from the same OCI layout, then
+        `mkfs.ext4 -b 4096 -O ^has_journal -d ROOTFS FILE SIZE` with SIZE =
+        max(1.5 x du -sb ROOTFS, 10 MB), as the Go original's disk.go does.
+Prints median total time, the image size, the ext4 free-space margin
+(free blocks / total, from dumpe2fs) and the time ratio. Outputs are
+deleted, synced and settled outside the timed region.
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--runs", type=int, default=3)
+ap.add_argument("--ref", default="127.0.0.1:5000/rig/big:latest")
+ap.add_argument("--hoist", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "hoist"))
+ap.add_argument("--settle", type=float, default=20.0)
+a = ap.parse_args()
+env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+work = tempfile.mkdtemp(prefix="hoist-bench-export-", dir="/var/tmp")
+cache = os.path.join(work, "cache")
+digest = subprocess.run([a.hoist, "-q", "--cache-dir", cache, "pull", a.ref], env=env, check=True,
+                        capture_output=True, text=True).stdout.strip()
+layout = os.path.join(cache, "oci-v1")
+out = os.path.join(work, "disk.ext4")
+bundle = os.path.join(work, "bundle")
+
+
+def clean():
+    subprocess.run(["rm", "-rf", out, bundle], check=True)
+    os.sync()
+    time.sleep(a.settle)
+
+
+def run(cmd):
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit("failed: %s\n%s" % (" ".join(cmd), r.stderr[-2000:]))
+    return r.stdout
+
+
+def margin(img):
+    h = run(["dumpe2fs", "-h", img])
+    total = int(re.search(r"Block count:\s+(\d+)", h).group(1))
+    free = int(re.search(r"Free blocks:\s+(\d+)", h).group(1))
+    return free / total
+
+
+def hoist():
+    t0 = time.monotonic()
+    run([a.hoist, "-q", "--cache-dir", cache, "export", a.ref, "-o", out])
+    return time.monotonic() - t0
+
+
+def go():
+    t0 = time.monotonic()
+    run(["umoci", "unpack", "--rootless", "--image", "%s:%s" % (layout, digest[7:]), bundle])
+    tree = int(run(["du", "-sb", os.path.join(bundle, "rootfs")]).split()[0])
+    size = max(int(tree * 1.5), 10 << 20)
+    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^has_journal", "-d", os.path.join(bundle, "rootfs"), out, str(size // 1024) + "k"])
+    return time.monotonic() - t0
+
+
+res = {"hoist": [], "go": []}
+info = {}
+for i in range(a.runs):
+    order = ["hoist", "go"] if i % 2 == 0 else ["go", "hoist"]
+    for name in order:
+        clean()
+        t = hoist() if name == "hoist" else go()
+        info[name] = (os.path.getsize(out), margin(out))
+        res[name].append(t)
+        print("%-5s run %d: %.2f s" % (name, i + 1, t), file=sys.stderr)
+clean()
+subprocess.run(["rm", "-rf", work])
+m = json.load(open(os.path.join(layout, "blobs", "sha256", digest[7:]))) if os.path.exists(layout) else None
+print("image: %s, %d alternating runs" % (a.ref, a.runs))
+for name, v in res.items():
+    size, free = info[name]
+    print("%-5s total median %7.2f s  image %7.1f MiB  ext4 free %4.1f %%" % (name, statistics.median(v), size / 2**20, 100 * free))
+print("time ratio hoist/go: %.3f" % (statistics.median(res["hoist"]) / statistics.median(res["go"])))
