@@ -155,6 +155,24 @@ fn id(v: u64, rel: &[u8]) -> Result<u32, UnpackError> {
         .map_err(|_| UnpackError::InvalidArchive(format!("{}: id {v} out of range", show(rel))))
 }
 
+/// chown of the entry itself (never a symlink's target).
+fn chown_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    meta: &EntryMeta,
+    rel: &[u8],
+) -> Result<(), UnpackError> {
+    let (u, g) = (id(meta.uid, rel)?, id(meta.gid, rel)?);
+    fs::chownat(
+        dir,
+        name,
+        Some(fs::Uid::from_raw(u)),
+        Some(fs::Gid::from_raw(g)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(errno("chown", rel))
+}
+
 fn set_xattrs(fd: BorrowedFd<'_>, rel: &[u8], xattrs: &[(String, Vec<u8>)]) {
     for (k, v) in xattrs {
         if let Err(e) = fs::fsetxattr(fd, k.as_str(), v, fs::XattrFlags::empty()) {
@@ -399,15 +417,7 @@ impl Unpacker {
                 let pfd = Self::parent(&mut self.root, &mut self.added, &mut self.tree, parent)?;
                 fs::symlinkat(&target[..], pfd, name).map_err(errno("symlink", &rel))?;
                 if preserve {
-                    let (u, g) = (id(h.meta.uid, &rel)?, id(h.meta.gid, &rel)?);
-                    fs::chownat(
-                        pfd,
-                        name,
-                        Some(fs::Uid::from_raw(u)),
-                        Some(fs::Gid::from_raw(g)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(errno("chown", &rel))?;
+                    chown_at(pfd, name, &h.meta, &rel)?;
                 }
                 let _ = fs::utimensat(pfd, name, &ts(h.meta.mtime), AtFlags::SYMLINK_NOFOLLOW);
             }
@@ -423,26 +433,9 @@ impl Unpacker {
                 let made = fs::mknodat(pfd, name, ft, Mode::from_raw_mode(0o600), dev);
                 match made {
                     Ok(()) => {
-                        let fd = fs::openat(
-                            pfd,
-                            name,
-                            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                            Mode::empty(),
-                        )
-                        .map_err(errno("open", &rel))?;
-                        // O_PATH fds take no fchmod: go through the parent.
                         if preserve {
-                            let (u, g) = (id(h.meta.uid, &rel)?, id(h.meta.gid, &rel)?);
-                            fs::chownat(
-                                pfd,
-                                name,
-                                Some(fs::Uid::from_raw(u)),
-                                Some(fs::Gid::from_raw(g)),
-                                AtFlags::SYMLINK_NOFOLLOW,
-                            )
-                            .map_err(errno("chown", &rel))?;
+                            chown_at(pfd, name, &h.meta, &rel)?;
                         }
-                        drop(fd);
                         fs::chmodat(
                             pfd,
                             name,

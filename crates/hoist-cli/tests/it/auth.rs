@@ -124,18 +124,11 @@ fn docker_config_auths_and_containers_auth_json() {
         format!(r#"{{"auths":{{"https://{host}":{{"auth":"{b64}"}}}}}}"#),
     )
     .unwrap();
-    let out = h
-        .cmd()
-        .env("DOCKER_CONFIG", &dc)
-        .args(["--ca-cert", &ca(), "pull", &r])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = h.ok_env(
+        &[("DOCKER_CONFIG", dc.as_ref())],
+        &["--ca-cert", &ca(), "pull", &r],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    assert_eq!(out.trim(), digest);
     // containers auth.json through REGISTRY_AUTH_FILE
     let h = Hoist::new();
     let af = h.home.path().join("auth.json");
@@ -144,16 +137,9 @@ fn docker_config_auths_and_containers_auth_json() {
         format!(r#"{{"auths":{{"{host}":{{"auth":"{b64}"}}}}}}"#),
     )
     .unwrap();
-    let out = h
-        .cmd()
-        .env("REGISTRY_AUTH_FILE", &af)
-        .args(["--ca-cert", &ca(), "pull", &r])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    h.ok_env(
+        &[("REGISTRY_AUTH_FILE", af.as_ref())],
+        &["--ca-cert", &ca(), "pull", &r],
     );
     // --creds wins over a wrong file entry
     let bad = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:nope"));
@@ -163,16 +149,9 @@ fn docker_config_auths_and_containers_auth_json() {
     )
     .unwrap();
     let creds = format!("{USER}:{PASS}");
-    let out = h
-        .cmd()
-        .env("REGISTRY_AUTH_FILE", &af)
-        .args(["--ca-cert", &ca(), "--creds", &creds, "inspect", &r])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    h.ok_env(
+        &[("REGISTRY_AUTH_FILE", af.as_ref())],
+        &["--ca-cert", &ca(), "--creds", &creds, "inspect", &r],
     );
 }
 
@@ -211,19 +190,11 @@ fn credential_helpers_run_with_server_on_stdin_and_a_time_limit() {
         format!(r#"{{"credHelpers":{{"{host}":"hoisttest"}}}}"#),
     )
     .unwrap();
-    let out = h
-        .cmd()
-        .env("DOCKER_CONFIG", &dc)
-        .env("PATH", &path)
-        .args(["--ca-cert", &ca(), "pull", &r])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = h.ok_env(
+        &[("DOCKER_CONFIG", dc.as_ref()), ("PATH", path.as_ref())],
+        &["--ca-cert", &ca(), "pull", &r],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    assert_eq!(out.trim(), digest);
     assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), host);
 
     // credsStore, and a helper that hangs: a clear error, not a hang.

@@ -160,17 +160,12 @@ fn http_proxy_and_no_proxy_are_honoured() {
     let (port, seen) = proxy();
     let r = format!("{}/{repo}:v1", reg.host);
     let h = Hoist::new();
-    let out = h
-        .cmd()
-        .env("HTTP_PROXY", format!("http://127.0.0.1:{port}"))
-        .env("NO_PROXY", "")
-        .args(["pull", &r])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    h.ok_env(
+        &[
+            ("HTTP_PROXY", format!("http://127.0.0.1:{port}").as_ref()),
+            ("NO_PROXY", "".as_ref()),
+        ],
+        &["pull", &r],
     );
     let n = seen.lock().unwrap().len();
     assert!(
@@ -182,17 +177,12 @@ fn http_proxy_and_no_proxy_are_honoured() {
         seen.lock().unwrap()
     );
     let h = Hoist::new();
-    let out = h
-        .cmd()
-        .env("HTTP_PROXY", format!("http://127.0.0.1:{port}"))
-        .env("NO_PROXY", "127.0.0.1")
-        .args(["pull", &r])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    h.ok_env(
+        &[
+            ("HTTP_PROXY", format!("http://127.0.0.1:{port}").as_ref()),
+            ("NO_PROXY", "127.0.0.1".as_ref()),
+        ],
+        &["pull", &r],
     );
     assert_eq!(
         seen.lock().unwrap().len(),

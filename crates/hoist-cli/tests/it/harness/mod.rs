@@ -71,6 +71,22 @@ impl Hoist {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Run with extra environment variables and require success; returns
+    /// stdout.
+    pub fn ok_env(&self, env: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> String {
+        let mut c = self.cmd();
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "hoist {args:?} with {env:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Run, require the exit code, return stderr.
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.run(args);
