@@ -120,6 +120,43 @@ pub fn write(tree: &Tree<'_>, out: &Path, opts: &Ext4Options) -> Result<Ext4Stat
         Some(s) => s,
         None => needed,
     };
+    let mut size = size;
+    for attempt in 0..2 {
+        match mkfs(tree, out, opts, inode_count, size) {
+            Ok(()) => break,
+            // Our estimate fell short (it never should by much): once more
+            // with a tenth more room, unless the user fixed the size.
+            Err(ExportError::TooSmall { .. }) if attempt == 0 && opts.size.is_none() => {
+                tracing::warn!(
+                    "ext4 size estimate of {size} bytes was short; retrying with 10% more"
+                );
+                size += size / 10;
+            }
+            Err(ExportError::TooSmall { size, .. }) => {
+                return Err(ExportError::TooSmall {
+                    size,
+                    needed: needed + needed / 10,
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let fixups = fix_metadata(tree, out, opts)?;
+    Ok(Ext4Stats {
+        size,
+        inodes: inode_count,
+        data_bytes,
+        fixups,
+    })
+}
+
+fn mkfs(
+    tree: &Tree<'_>,
+    out: &Path,
+    opts: &Ext4Options,
+    inode_count: u64,
+    size: u64,
+) -> Result<(), ExportError> {
     let _ = std::fs::remove_file(out);
     let mut cmd = Command::new("mkfs.ext4");
     cmd.env("E2FSPROGS_FAKE_TIME", opts.timestamp.to_string())
@@ -152,28 +189,21 @@ pub fn write(tree: &Tree<'_>, out: &Path, opts: &Ext4Options) -> Result<Ext4Stat
         .arg(tree.rootfs)
         .arg(out)
         .arg(format!("{}k", size / 1024));
-    if let Err(e) = run("mkfs.ext4", "e2fsprogs", &mut cmd) {
-        let _ = std::fs::remove_file(out);
-        if let ExportError::Tool { stderr, .. } = &e {
+    match run("mkfs.ext4", "e2fsprogs", &mut cmd) {
+        Ok(_) => Ok(()),
+        Err(ExportError::Tool { stderr, .. })
             if stderr.contains("Could not allocate")
                 || stderr.contains("No space")
-                || stderr.contains("inodes")
-            {
-                return Err(ExportError::TooSmall {
-                    size,
-                    needed: needed + needed / 10,
-                });
-            }
+                || stderr.contains("inodes") =>
+        {
+            let _ = std::fs::remove_file(out);
+            Err(ExportError::TooSmall { size, needed: size })
         }
-        return Err(e);
+        Err(e) => {
+            let _ = std::fs::remove_file(out);
+            Err(e)
+        }
     }
-    let fixups = fix_metadata(tree, out, opts)?;
-    Ok(Ext4Stats {
-        size,
-        inodes: inode_count,
-        data_bytes,
-        fixups,
-    })
 }
 
 /// The debugfs pass: owners, modes and device nodes from the recorded
