@@ -101,6 +101,18 @@ fn layer_tars(work: &Path) -> Vec<Vec<u8>> {
     run(Command::new("setfattr")
         .args(["-n", "user.hoist.test", "-v", "hello"])
         .arg(l2.join("opt/rig/xattr")));
+    if is_root() {
+        // cap_net_bind_service=ep as setcap writes it (VFS_CAP_REVISION_2)
+        write(&l2.join("opt/rig/cap"), b"cap\n", 0o755);
+        run(Command::new("setfattr")
+            .args([
+                "-n",
+                "security.capability",
+                "-v",
+                "0x0100000200040000000000000000000000000000",
+            ])
+            .arg(l2.join("opt/rig/cap")));
+    }
     write(
         &l2.join("opt/rig/ro/later"),
         b"written into l1's 0555 dir? no: a new dir\n",
@@ -274,6 +286,15 @@ fn unpack_equals_umoci_entry_by_entry_for_oci_docker_and_zstd_layers() {
     assert!(reference
         .iter()
         .any(|l| l.contains("user.hoist.test=68656c6c6f")));
+    if is_root() {
+        assert!(
+            reference
+                .iter()
+                .any(|l| l.starts_with("/opt/rig/cap\t")
+                    && l.contains("security.capability=01000002")),
+            "the capability is missing from umoci's tree"
+        );
+    }
     assert!(reference
         .iter()
         .any(|l| l.starts_with("/usr/local/share/elsewhere\tf") && l.contains("/opt/rig/hard/a")));
