@@ -26,6 +26,7 @@ import time
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=3)
 ap.add_argument("--ref", default="127.0.0.1:5000/rig/big:latest")
+ap.add_argument("--workdir", default="/var/tmp", help="where caches and outputs go")
 ap.add_argument("--hoist", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "hoist"))
 ap.add_argument("--no-cold", action="store_true")
 ap.add_argument("--settle", type=float, default=20.0,
@@ -33,7 +34,7 @@ ap.add_argument("--settle", type=float, default=20.0,
                      "online discard, allocation right after a mass delete is many times slower")
 a = ap.parse_args()
 env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-work = tempfile.mkdtemp(prefix="hoist-bench-unpack-", dir="/var/tmp")
+work = tempfile.mkdtemp(prefix="hoist-bench-unpack-", dir=a.workdir)
 
 
 def timed(cmd):
