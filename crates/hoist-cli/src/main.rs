@@ -104,6 +104,9 @@ enum Command {
         /// Also write the metadata (JSON) to this file.
         #[arg(long, value_name = "FILE")]
         metadata_out: Option<PathBuf>,
+        /// Re-hash every layer blob read from the cache.
+        #[arg(long)]
+        verify_blobs: bool,
     },
     /// Pull and unpack as needed, then write a bootable disk image.
     Export {
@@ -258,12 +261,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             ownership,
             metadata_out,
+            verify_blobs,
         } => {
             let opts = hoist::UnpackOptions {
                 ownership: ownership.map(|o| match o {
                     OwnershipArg::Preserve => hoist::Ownership::Preserve,
                     OwnershipArg::Caller => hoist::Ownership::Caller,
                 }),
+                verify_blobs: *verify_blobs,
             };
             let u = client.unpack(&source(image)?, dir, &opts)?;
             if let Some(f) = metadata_out {

@@ -16,37 +16,39 @@ const DEPTH: usize = 16;
 /// Digests of what was read, both streams drained to EOF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamDigests {
-    pub compressed: Digest,
+    /// `None` unless the blob digest was asked for.
+    pub compressed: Option<Digest>,
     pub uncompressed: Digest,
 }
 
 struct Tee<R> {
     inner: R,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
 }
 
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
 
 pub struct LayerStream {
     rx: Receiver<Vec<u8>>,
+    /// The diff_id is hashed here, on the reading thread: inflating alone
+    /// keeps the other thread busy enough.
+    diff: Option<Hasher>,
     cur: Vec<u8>,
     pos: usize,
-    worker: Option<JoinHandle<io::Result<StreamDigests>>>,
+    worker: Option<JoinHandle<io::Result<Option<Digest>>>>,
     /// Set once the worker has been joined.
     result: Option<Result<StreamDigests, String>>,
 }
 
-fn pump<R: Read>(
-    mut r: R,
-    tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
-    h: &mut Hasher,
-) -> io::Result<bool> {
+fn pump<R: Read>(mut r: R, tx: &std::sync::mpsc::SyncSender<Vec<u8>>) -> io::Result<bool> {
     loop {
         let mut buf = vec![0u8; CHUNK];
         let mut filled = 0;
@@ -61,7 +63,6 @@ fn pump<R: Read>(
             return Ok(true);
         }
         buf.truncate(filled);
-        h.update(&buf);
         if tx.send(buf).is_err() {
             return Ok(false); // the reader gave up
         }
@@ -69,51 +70,49 @@ fn pump<R: Read>(
 }
 
 impl LayerStream {
-    /// Start decompressing `blob` (hashed with the algorithms of the
-    /// expected digests).
+    /// Start decompressing `blob`. The uncompressed stream is hashed with
+    /// `diff_algo`; the blob itself only if `blob_algo` is given (it was
+    /// verified when it entered the cache).
     pub fn new<R: Read + Send + 'static>(
         blob: R,
         compression: Compression,
-        blob_algo: Algorithm,
+        blob_algo: Option<Algorithm>,
         diff_algo: Algorithm,
     ) -> LayerStream {
         let (tx, rx) = sync_channel::<Vec<u8>>(DEPTH);
-        let worker = std::thread::spawn(move || -> io::Result<StreamDigests> {
+        let worker = std::thread::spawn(move || -> io::Result<Option<Digest>> {
             let tee = Tee {
                 inner: blob,
-                hasher: Hasher::new(blob_algo),
+                hasher: blob_algo.map(Hasher::new),
             };
-            let mut diff = Hasher::new(diff_algo);
             let input = BufReader::with_capacity(CHUNK, tee);
             let mut input = match compression {
                 Compression::None => {
                     let mut input = input;
-                    pump(&mut input, &tx, &mut diff)?;
+                    pump(&mut input, &tx)?;
                     input
                 }
                 Compression::Gzip => {
                     // Multi-member: a layer may hold several gzip members,
                     // and the single-member decoder silently stops after one.
                     let mut d = flate2::bufread::MultiGzDecoder::new(input);
-                    pump(&mut d, &tx, &mut diff)?;
+                    pump(&mut d, &tx)?;
                     d.into_inner()
                 }
                 Compression::Zstd => {
                     let mut d = zstd::stream::read::Decoder::with_buffer(input)?;
-                    pump(&mut d, &tx, &mut diff)?;
+                    pump(&mut d, &tx)?;
                     d.finish()
                 }
             };
             // Whatever follows the compressed stream still counts for the
             // blob digest.
             io::copy(&mut input, &mut io::sink())?;
-            Ok(StreamDigests {
-                compressed: input.into_inner().hasher.finish(),
-                uncompressed: diff.finish(),
-            })
+            Ok(input.into_inner().hasher.map(Hasher::finish))
         });
         LayerStream {
             rx,
+            diff: Some(Hasher::new(diff_algo)),
             cur: Vec::new(),
             pos: 0,
             worker: Some(worker),
@@ -133,8 +132,12 @@ impl LayerStream {
     fn join(&mut self) -> Result<StreamDigests, String> {
         if self.result.is_none() {
             let w = self.worker.take().expect("worker present until joined");
+            let diff = self.diff.take().expect("hashed once");
             self.result = Some(match w.join() {
-                Ok(Ok(d)) => Ok(d),
+                Ok(Ok(compressed)) => Ok(StreamDigests {
+                    compressed,
+                    uncompressed: diff.finish(),
+                }),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("decompression thread panicked".into()),
             });
@@ -148,6 +151,9 @@ impl Read for LayerStream {
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(chunk) => {
+                    if let Some(h) = self.diff.as_mut() {
+                        h.update(&chunk);
+                    }
                     self.cur = chunk;
                     self.pos = 0;
                 }

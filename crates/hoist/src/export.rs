@@ -91,6 +91,7 @@ impl Client {
             &rootfs,
             &UnpackOptions {
                 ownership: opts.ownership,
+                verify_blobs: false,
             },
         )?;
         let tmp = sibling(out, "tmp");

@@ -516,3 +516,46 @@ fn rootless_unpack_maps_owners_to_the_caller_and_records_the_truth() {
     assert!(rm.status.success());
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn a_blob_corrupted_in_the_cache_fails_the_unpack_and_fsck_names_it() {
+    let tar = crate::harness::image::tar_of(&[("a", &[3u8; 20000][..]), ("b", b"b")]);
+    let (r, dir, h) = bad_image(|_| {}, tar);
+    h.ok(&["pull", &r]);
+    let layout = h.layout();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(&index["manifests"][0]["digest"].as_str().unwrap()[7..]),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let blob = layout
+        .join("blobs/sha256")
+        .join(&m["layers"][0]["digest"].as_str().unwrap()[7..]);
+    let mut b = std::fs::read(&blob).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    std::fs::write(&blob, b).unwrap();
+    for extra in [&[][..], &["--verify-blobs"][..]] {
+        let mut args = vec!["unpack", &r, dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = h.run(&args);
+        assert!(
+            !out.status.success(),
+            "a corrupted blob was unpacked ({extra:?})"
+        );
+        no_leftovers(&dir);
+    }
+    let out = h.run(&["fsck"]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("corrupt:"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
