@@ -65,13 +65,27 @@ def hoist():
     return time.monotonic() - t0
 
 
+go_failures = []
+
+
 def go():
+    """The Go original's path. At 1.5x, mkfs.ext4's default inode ratio can
+    run out of inodes (it does on rig/big): that is recorded, and the
+    mkfs is retried at 2x (the Go original later raised its factor); the
+    failed attempt's time is left out of the total."""
     t0 = time.monotonic()
     run(["umoci", "unpack", "--rootless", "--image", "%s:%s" % (layout, digest[7:]), bundle])
     tree = int(run(["du", "-sb", os.path.join(bundle, "rootfs")]).split()[0])
-    size = max(int(tree * 1.5), 10 << 20)
-    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^has_journal", "-d", os.path.join(bundle, "rootfs"), out, str(size // 1024) + "k"])
-    return time.monotonic() - t0
+    for factor in (1.5, 2.0):
+        size = max(int(tree * factor), 10 << 20)
+        t1 = time.monotonic()
+        r = subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^has_journal", "-d",
+                            os.path.join(bundle, "rootfs"), out, str(size // 1024) + "k"], env=env, capture_output=True, text=True)
+        if r.returncode == 0:
+            return time.monotonic() - t0
+        go_failures.append("%.1fx: %s" % (factor, r.stderr.strip().splitlines()[-1]))
+        t0 += time.monotonic() - t1
+    sys.exit("the Go path failed at 2x too: %s" % go_failures)
 
 
 res = {"hoist": [], "go": []}
@@ -86,9 +100,10 @@ for i in range(a.runs):
         print("%-5s run %d: %.2f s" % (name, i + 1, t), file=sys.stderr)
 clean()
 subprocess.run(["rm", "-rf", work])
-m = json.load(open(os.path.join(layout, "blobs", "sha256", digest[7:]))) if os.path.exists(layout) else None
 print("image: %s, %d alternating runs" % (a.ref, a.runs))
 for name, v in res.items():
     size, free = info[name]
     print("%-5s total median %7.2f s  image %7.1f MiB  ext4 free %4.1f %%" % (name, statistics.median(v), size / 2**20, 100 * free))
 print("time ratio hoist/go: %.3f" % (statistics.median(res["hoist"]) / statistics.median(res["go"])))
+for f in sorted(set(go_failures)):
+    print("go path mkfs.ext4 failed at %s" % f)
