@@ -39,6 +39,10 @@ fi
 if ! ls target/test-kernel/boot/vmlinuz-* >/dev/null 2>&1; then
   dl=$(mktemp -d)
   pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  if [ -z "$pkg" ] && [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  fi
   if [ -n "$pkg" ] && (cd "$dl" && apt-get download -qq "$pkg" 2>/dev/null); then
     mkdir -p target/test-kernel
     dpkg-deb --fsys-tarfile "$dl"/*.deb | tar -x -C target/test-kernel --wildcards './boot/vmlinuz-*'
