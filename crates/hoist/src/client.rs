@@ -20,6 +20,18 @@ use crate::source::{Fetcher, ImageSource, Layout, Remote};
 
 const MAX_INDEX_DEPTH: usize = 4;
 
+/// What a pull reports as it goes: `unpack` applies layer *i* while later
+/// ones are still downloading.
+pub(crate) trait PullEvents: Sync {
+    /// The manifest and config, before any layer is fetched; an error
+    /// stops the pull.
+    fn resolved(&self, _m: &ImageManifest, _cfg: &ImageConfig) -> Result<(), Error> {
+        Ok(())
+    }
+    /// This layer blob is in the cache, verified.
+    fn layer_ready(&self, _d: &Digest) {}
+}
+
 /// Everything a [`Client`] is configured with. `Default` gives the CLI's
 /// defaults: the user's cache directory, `linux/<host arch>`, four
 /// downloads at once.
@@ -345,15 +357,17 @@ impl Client {
     /// not fetched; an image already complete costs no request beyond
     /// resolving a tag (and none for a digest reference).
     pub fn pull(&self, src: &ImageSource) -> Result<Pulled, Error> {
-        Ok(self.pull_checked(src, &|_, _| Ok(()))?.0)
+        struct Quiet;
+        impl PullEvents for Quiet {}
+        Ok(self.pull_checked(src, &Quiet)?.0)
     }
 
-    /// Pull, running `check` on the manifest and config before any layer
-    /// is fetched.
+    /// Pull, telling `events` the manifest and config before any layer is
+    /// fetched (it may refuse them), and each layer as it is in the cache.
     pub(crate) fn pull_checked(
         &self,
         src: &ImageSource,
-        check: &dyn Fn(&ImageManifest, &ImageConfig) -> Result<(), Error>,
+        events: &dyn PullEvents,
     ) -> Result<(Pulled, ImageManifest, ImageConfig), Error> {
         let what = src.to_string();
         let f = self.fetcher(src);
@@ -367,22 +381,27 @@ impl Client {
                 .all(|l| self.store.has_blob(&l.descriptor.digest, l.descriptor.size));
         let cfg = self.config(f.as_ref(), m, &what)?;
         self.check_platform(&r, &cfg, &what)?;
-        check(m, &cfg)?;
+        events.resolved(m, &cfg)?;
         let mut fetched = 0;
         let mut bytes = 0;
-        if !complete {
+        if complete {
+            for l in &m.layers {
+                events.layer_ready(&l.descriptor.digest);
+            }
+        } else {
             let mut todo: Vec<&Descriptor> = Vec::new();
             for l in &m.layers {
                 let d = &l.descriptor;
                 if self.store.has_blob(&d.digest, d.size) {
                     self.opts.progress.skipped(&d.digest, d.size);
+                    events.layer_ready(&d.digest);
                 } else if !todo.iter().any(|t| t.digest == d.digest) {
                     todo.push(d);
                 }
             }
             fetched = todo.len();
             bytes = todo.iter().map(|d| d.size).sum();
-            self.fetch_all(f.as_ref(), &todo, &what)?;
+            self.fetch_all(f.as_ref(), &todo, &what, events)?;
             for idx in &r.indexes {
                 self.store.write_blob(&idx.digest, &idx.bytes)?;
             }
@@ -409,7 +428,13 @@ impl Client {
 
     /// Download blobs with a bounded number at once; the first error stops
     /// the others from starting new work.
-    fn fetch_all(&self, f: &dyn Fetcher, todo: &[&Descriptor], what: &str) -> Result<(), Error> {
+    fn fetch_all(
+        &self,
+        f: &dyn Fetcher,
+        todo: &[&Descriptor],
+        what: &str,
+        events: &dyn PullEvents,
+    ) -> Result<(), Error> {
         let next = Mutex::new(todo.iter());
         let failed: Mutex<Option<Error>> = Mutex::new(None);
         let workers = self.opts.concurrency.clamp(1, 16).min(todo.len().max(1));
@@ -426,6 +451,7 @@ impl Client {
                         failed.lock().expect("lock").get_or_insert(e);
                         return;
                     }
+                    events.layer_ready(&d.digest);
                 });
             }
         });

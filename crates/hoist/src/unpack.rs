@@ -1,17 +1,19 @@
 //! `Client::unpack`: pull through the cache, validate, then apply the layers
 //! into a sibling temp directory that is renamed into place only on success.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 
-use hoist_spec::{Digest, ImageMetadata, Platform};
+use hoist_spec::{Digest, ImageConfig, ImageManifest, ImageMetadata, Platform};
 use hoist_unpack::{
     LayerStream, Ownership, TreeMeta, UnpackError, UnpackOptions as LayerOptions, Unpacker,
 };
 use serde::Serialize;
 
-use crate::client::Client;
+use crate::client::{Client, PullEvents};
 use crate::error::Error;
 use crate::source::ImageSource;
 
@@ -65,7 +67,123 @@ fn check_target(dir: &Path) -> Result<bool, Error> {
     }
 }
 
+#[derive(Default)]
+struct PipeState {
+    plan: Option<(ImageManifest, ImageConfig)>,
+    ready: HashSet<Digest>,
+    done: bool,
+}
+
+/// The pull's progress as the unpack sees it.
+struct Pipeline {
+    what: String,
+    state: Mutex<PipeState>,
+    cv: Condvar,
+}
+
+impl PullEvents for Pipeline {
+    /// Validation before any file is written (the Go original's
+    /// `validateConfigFileForUnpack`); an error stops the pull.
+    fn resolved(&self, m: &ImageManifest, cfg: &ImageConfig) -> Result<(), Error> {
+        cfg.validate_for_unpack(m.layers.len(), &self.what)?;
+        for d in &cfg.diff_ids {
+            d.parse::<Digest>()?;
+        }
+        self.state.lock().expect("lock").plan = Some((m.clone(), cfg.clone()));
+        self.cv.notify_all();
+        Ok(())
+    }
+    fn layer_ready(&self, d: &Digest) {
+        self.state.lock().expect("lock").ready.insert(d.clone());
+        self.cv.notify_all();
+    }
+}
+
+impl Pipeline {
+    fn finish(&self) {
+        self.state.lock().expect("lock").done = true;
+        self.cv.notify_all();
+    }
+
+    /// Wait until `f` gives a value, or the pull has ended without one.
+    fn wait<T>(&self, f: impl Fn(&PipeState) -> Option<T>) -> Option<T> {
+        let mut st = self.state.lock().expect("lock");
+        loop {
+            if let Some(v) = f(&st) {
+                return Some(v);
+            }
+            if st.done {
+                return None;
+            }
+            st = self.cv.wait(st).expect("lock");
+        }
+    }
+}
+
 impl Client {
+    /// Apply the layers into `tmp` as the pull makes them available.
+    /// `Ok(None)`: the pull ended first (its error is the one to report).
+    fn apply_pipelined(
+        &self,
+        pipe: &Pipeline,
+        tmp: &Path,
+        ownership: Ownership,
+        opts: &UnpackOptions,
+        what: &str,
+    ) -> Result<Option<(TreeMeta, u64)>, Error> {
+        let Some((manifest, config)) = pipe.wait(|st| st.plan.clone()) else {
+            return Ok(None);
+        };
+        let diff_ids: Vec<Digest> = config
+            .diff_ids
+            .iter()
+            .map(|d| d.parse())
+            .collect::<Result<_, _>>()?;
+        std::fs::create_dir(tmp).map_err(|e| target_err(tmp, e.to_string()))?;
+        let unpack_err = |source| Error::Unpack {
+            image: what.to_string(),
+            source,
+        };
+        let mut u = Unpacker::new(tmp, LayerOptions { ownership }).map_err(unpack_err)?;
+        let mut entries = 0;
+        for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
+            let d = &layer.descriptor;
+            if pipe
+                .wait(|st| st.ready.contains(&d.digest).then_some(()))
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let blob = self.store().open_blob(&d.digest, d.size)?;
+            let mut stream = LayerStream::new(
+                blob,
+                layer.compression,
+                opts.verify_blobs.then(|| d.digest.algorithm()),
+                diff_id.algorithm(),
+            );
+            let stats = u.apply_layer(&mut stream).map_err(unpack_err)?;
+            entries += stats.entries;
+            let got = stream
+                .finish()
+                .map_err(|e| unpack_err(UnpackError::Read(e)))?;
+            if let Some(actual) = got.compressed.filter(|c| c != &d.digest) {
+                return Err(unpack_err(UnpackError::BlobMismatch {
+                    layer: d.digest.to_string(),
+                    expected: d.digest.to_string(),
+                    actual: actual.to_string(),
+                }));
+            }
+            if &got.uncompressed != diff_id {
+                return Err(unpack_err(UnpackError::DiffIdMismatch {
+                    layer: d.digest.to_string(),
+                    expected: diff_id.to_string(),
+                    actual: got.uncompressed.to_string(),
+                }));
+            }
+        }
+        Ok(Some((u.finish().map_err(unpack_err)?, entries)))
+    }
+
     /// Pull (through the cache) and write the image's root filesystem to
     /// `dir`. Nothing is added inside `dir`; after a failure `dir` is as it
     /// was (absent, or empty).
@@ -80,16 +198,6 @@ impl Client {
         let ownership = opts
             .ownership
             .unwrap_or_else(Ownership::default_for_process);
-        let (pulled, manifest, config) = self.pull_checked(src, &|m, cfg| {
-            cfg.validate_for_unpack(m.layers.len(), &what)?;
-            Ok(())
-        })?;
-        let diff_ids: Vec<Digest> = config
-            .diff_ids
-            .iter()
-            .map(|d| d.parse())
-            .collect::<Result<_, _>>()?;
-
         let parent = match dir.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -104,51 +212,48 @@ impl Client {
             std::process::id(),
             fastrand::u32(..)
         ));
-        std::fs::create_dir(&tmp).map_err(|e| target_err(&tmp, e.to_string()))?;
-        let result = (|| -> Result<(TreeMeta, u64), Error> {
-            let unpack_err = |source| Error::Unpack {
-                image: what.clone(),
-                source,
-            };
-            let mut u = Unpacker::new(&tmp, LayerOptions { ownership }).map_err(unpack_err)?;
-            let mut entries = 0;
-            for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
-                let d = &layer.descriptor;
-                let blob = self.store().open_blob(&d.digest, d.size)?;
-                let mut stream = LayerStream::new(
-                    blob,
-                    layer.compression,
-                    opts.verify_blobs.then(|| d.digest.algorithm()),
-                    diff_id.algorithm(),
-                );
-                let stats = u.apply_layer(&mut stream).map_err(unpack_err)?;
-                entries += stats.entries;
-                let got = stream
-                    .finish()
-                    .map_err(|e| unpack_err(UnpackError::Read(e)))?;
-                if let Some(actual) = got.compressed.filter(|c| c != &d.digest) {
-                    return Err(unpack_err(UnpackError::BlobMismatch {
-                        layer: d.digest.to_string(),
-                        expected: d.digest.to_string(),
-                        actual: actual.to_string(),
-                    }));
-                }
-                if &got.uncompressed != diff_id {
-                    return Err(unpack_err(UnpackError::DiffIdMismatch {
-                        layer: d.digest.to_string(),
-                        expected: diff_id.to_string(),
-                        actual: got.uncompressed.to_string(),
-                    }));
-                }
-            }
-            Ok((u.finish().map_err(unpack_err)?, entries))
-        })();
-        let (tree, entries) = match result {
-            Ok(v) => v,
-            Err(e) => {
+        // The pull runs on its own thread and reports each layer as it is
+        // verified into the cache; layers are applied in order as soon as
+        // they are there.
+        let pipe = Pipeline {
+            what: what.clone(),
+            state: Mutex::new(PipeState::default()),
+            cv: Condvar::new(),
+        };
+        let (pulled, applied) = std::thread::scope(|s| {
+            let puller = s.spawn(|| {
+                let r = self.pull_checked(src, &pipe);
+                pipe.finish();
+                r
+            });
+            let applied = self.apply_pipelined(&pipe, &tmp, ownership, opts, &what);
+            (puller.join().expect("the pull thread panicked"), applied)
+        });
+        let cleanup = || {
+            if tmp.exists() {
                 if let Err(rm) = hoist_unpack::remove_tree(&tmp) {
                     tracing::warn!("could not remove {}: {rm}", tmp.display());
                 }
+            }
+        };
+        let (pulled, _manifest, config) = match pulled {
+            Ok(p) => p,
+            Err(e) => {
+                cleanup();
+                return Err(e);
+            }
+        };
+        let (tree, entries) = match applied {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                cleanup();
+                return Err(Error::Target {
+                    path: dir.display().to_string(),
+                    reason: "the pull ended before every layer was in the cache".into(),
+                });
+            }
+            Err(e) => {
+                cleanup();
                 return Err(e);
             }
         };
