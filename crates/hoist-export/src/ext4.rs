@@ -250,10 +250,12 @@ fn fix_metadata(tree: &Tree<'_>, out: &Path, opts: &Ext4Options) -> Result<u64, 
         if disk.mode() != want_mode || is_dev {
             writeln!(script, "sif {p} mode 0{:o}", want_mode).ok();
         }
-        // mkfs.ext4 -d copies the source's ctime (the unpack's wall clock):
-        // pin it. atime and mtime are already the image's; crtime follows
-        // E2FSPROGS_FAKE_TIME.
-        writeln!(script, "sif {p} ctime {t}").ok();
+        // mkfs.ext4 -d copies the source's ctime (the unpack's wall clock)
+        // and atime (which reading the file for mkfs may just have moved,
+        // under relatime): pin both, and crtime.
+        for field in ["ctime", "atime", "crtime"] {
+            writeln!(script, "sif {p} {field} {t}").ok();
+        }
         if disk.mtime() != m.mtime {
             writeln!(script, "sif {p} mtime {}", m.mtime).ok();
         }

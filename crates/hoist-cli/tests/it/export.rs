@@ -344,6 +344,9 @@ fn ext4_is_deterministic_and_a_too_small_size_is_a_clear_error() {
     let a = h.home.path().join("a.ext4");
     let b = h.home.path().join("b.ext4");
     h.ok(&["export", &r, "-o", a.to_str().unwrap()]);
+    // A second apart, so any wall-clock time that leaks into the image
+    // (ctime, atime under relatime, crtime) shows.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     h.ok(&["export", &r, "-o", b.to_str().unwrap()]);
     assert_eq!(
         sha256(&std::fs::read(&a).unwrap()),
