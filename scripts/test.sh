@@ -52,4 +52,10 @@ if ! ls target/test-kernel/boot/vmlinuz-* >/dev/null 2>&1; then
   rm -rf "$dl"
 fi
 
+if ls target/test-kernel/boot/vmlinuz-* >/dev/null 2>&1 && command -v qemu-system-x86_64 >/dev/null; then
+  echo "scripts/test.sh: boot smoke test will run with $(ls target/test-kernel/boot/vmlinuz-*)"
+else
+  echo "scripts/test.sh: boot smoke test lacks a kernel or QEMU: it will say SKIPPED (and fail under CI=true)" >&2
+fi
+
 cargo test --workspace "$@"
