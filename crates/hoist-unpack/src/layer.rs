@@ -186,18 +186,7 @@ impl Unpacker {
     pub fn new(root: &Path, opts: UnpackOptions) -> Result<Unpacker, UnpackError> {
         let r = Root::open(root)?;
         let mut tree = TreeMeta::default();
-        tree.entries.insert(
-            Vec::new(),
-            EntryMeta {
-                kind: EntryType::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                major: 0,
-                minor: 0,
-                mtime: 0,
-            },
-        );
+        tree.entries.insert(Vec::new(), EntryMeta::implicit_dir());
         fs::fchmod(r.fd(), Mode::from_raw_mode(0o755)).map_err(errno("chmod", b""))?;
         Ok(Unpacker {
             root: r,
@@ -244,15 +233,9 @@ impl Unpacker {
         let mut created = Vec::new();
         let fd = root.dir(parent, &mut created)?;
         for c in created {
-            tree.entries.entry(c.clone()).or_insert(EntryMeta {
-                kind: EntryType::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                major: 0,
-                minor: 0,
-                mtime: 0,
-            });
+            tree.entries
+                .entry(c.clone())
+                .or_insert_with(EntryMeta::implicit_dir);
             added.insert(c);
         }
         Ok(fd)

@@ -52,6 +52,22 @@ pub struct EntryMeta {
     pub mtime: i64,
 }
 
+impl EntryMeta {
+    /// A directory the unpack had to create (a parent no entry named):
+    /// root-owned 0755, as umoci makes them.
+    pub fn implicit_dir() -> EntryMeta {
+        EntryMeta {
+            kind: EntryType::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            major: 0,
+            minor: 0,
+            mtime: 0,
+        }
+    }
+}
+
 /// Path (relative, `/`-joined, empty = root) → true metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TreeMeta {

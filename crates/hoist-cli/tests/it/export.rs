@@ -70,19 +70,7 @@ fn image(work: &Path) -> (String, Image) {
     };
     let cfg = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/init.sh"]},
         "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]}});
-    let config = Blob {
-        media_type: media::OCI_CONFIG.into(),
-        bytes: serde_json::to_vec(&cfg).unwrap(),
-    };
-    let m = serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": config.descriptor(), "layers": [layer.descriptor()]});
-    let img = Image {
-        manifest: Blob {
-            media_type: media::OCI_MANIFEST.into(),
-            bytes: serde_json::to_vec(&m).unwrap(),
-        },
-        config,
-        layers: vec![layer],
-    };
+    let img = crate::harness::image::assemble(vec![layer], &cfg, false);
     let reg = &registries().plain;
     let repo = unique_repo("export");
     reg.push_image(&repo, "v1", &img);

@@ -167,22 +167,10 @@ enum Variant {
 }
 
 fn image_from(tars: &[Vec<u8>], v: Variant) -> Image {
-    let (lmt, cmt, mmt) = match v {
-        Variant::OciGzip => (
-            media::OCI_LAYER_GZIP,
-            media::OCI_CONFIG,
-            media::OCI_MANIFEST,
-        ),
-        Variant::DockerGzip => (
-            media::DOCKER_LAYER_GZIP,
-            media::DOCKER_CONFIG,
-            media::DOCKER_MANIFEST,
-        ),
-        Variant::OciZstd => (
-            media::OCI_LAYER_ZSTD,
-            media::OCI_CONFIG,
-            media::OCI_MANIFEST,
-        ),
+    let (lmt, docker) = match v {
+        Variant::OciGzip => (media::OCI_LAYER_GZIP, false),
+        Variant::DockerGzip => (media::DOCKER_LAYER_GZIP, true),
+        Variant::OciZstd => (media::OCI_LAYER_ZSTD, false),
     };
     let layers: Vec<Blob> = tars
         .iter()
@@ -204,22 +192,7 @@ fn image_from(tars: &[Vec<u8>], v: Variant) -> Image {
         "config": {"Entrypoint": ["/bin/sh"], "Env": ["A=1"], "User": "1000:1000", "WorkingDir": "/home/app"},
         "rootfs": {"type": "layers", "diff_ids": tars.iter().map(|t| sha256(t)).collect::<Vec<_>>()}
     });
-    let config = Blob {
-        media_type: cmt.into(),
-        bytes: serde_json::to_vec(&config).unwrap(),
-    };
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": mmt, "config": config.descriptor(),
-        "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>()
-    });
-    Image {
-        manifest: Blob {
-            media_type: mmt.into(),
-            bytes: serde_json::to_vec(&manifest).unwrap(),
-        },
-        config,
-        layers,
-    }
+    crate::harness::image::assemble(layers, &config, docker)
 }
 
 fn umoci_tree(h: &Hoist, digest: &str) -> Vec<String> {
@@ -361,19 +334,7 @@ fn bad_image(
     };
     let mut cfg = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha256(&layer_tar)]}});
     config_edit(&mut cfg);
-    let config = Blob {
-        media_type: media::OCI_CONFIG.into(),
-        bytes: serde_json::to_vec(&cfg).unwrap(),
-    };
-    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": config.descriptor(), "layers": [layer.descriptor()]});
-    let img = Image {
-        manifest: Blob {
-            media_type: media::OCI_MANIFEST.into(),
-            bytes: serde_json::to_vec(&manifest).unwrap(),
-        },
-        config,
-        layers: vec![layer],
-    };
+    let img = crate::harness::image::assemble(vec![layer], &cfg, false);
     reg.push_image(&repo, "v1", &img);
     let h = Hoist::new();
     let dir = h.home.path().join("rootfs");

@@ -170,6 +170,34 @@ impl Builder {
     }
 }
 
+/// An image from its layer blobs and config JSON, in OCI media types or
+/// Docker's.
+pub fn assemble(layers: Vec<Blob>, config: &serde_json::Value, docker: bool) -> Image {
+    let (cmt, mmt) = if docker {
+        (media::DOCKER_CONFIG, media::DOCKER_MANIFEST)
+    } else {
+        (media::OCI_CONFIG, media::OCI_MANIFEST)
+    };
+    let config = Blob {
+        media_type: cmt.into(),
+        bytes: serde_json::to_vec(config).unwrap(),
+    };
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": mmt,
+        "config": config.descriptor(),
+        "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
+    });
+    Image {
+        manifest: Blob {
+            media_type: mmt.into(),
+            bytes: serde_json::to_vec_pretty(&manifest).unwrap(),
+        },
+        config,
+        layers,
+    }
+}
+
 /// An index over `(image, platform JSON or None)` entries.
 pub fn index(entries: &[(&Blob, Option<serde_json::Value>)], docker: bool) -> Blob {
     let mt = if docker {
