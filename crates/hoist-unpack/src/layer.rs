@@ -74,6 +74,10 @@ pub struct Unpacker {
     /// what lower layers made.
     added: HashSet<Vec<u8>>,
     buf: Vec<u8>,
+    /// Who new files belong to without a chown: this process. While
+    /// layers are applied no directory has its setgid bit yet (directory
+    /// modes come last), so a new file's group is ours too.
+    me: (u64, u64),
 }
 
 struct Header {
@@ -195,6 +199,10 @@ impl Unpacker {
             tree,
             added: HashSet::new(),
             buf: vec![0u8; 256 << 10],
+            me: (
+                rustix::process::geteuid().as_raw() as u64,
+                rustix::process::getegid().as_raw() as u64,
+            ),
         })
     }
 
@@ -399,7 +407,7 @@ impl Unpacker {
                 self.clear_for(&rel, false)?;
                 let pfd = Self::parent(&mut self.root, &mut self.added, &mut self.tree, parent)?;
                 fs::symlinkat(&target[..], pfd, name).map_err(errno("symlink", &rel))?;
-                if preserve {
+                if preserve && (h.meta.uid, h.meta.gid) != self.me {
                     chown_at(pfd, name, &h.meta, &rel)?;
                 }
                 let _ = fs::utimensat(pfd, name, &ts(h.meta.mtime), AtFlags::SYMLINK_NOFOLLOW);
@@ -416,7 +424,7 @@ impl Unpacker {
                 let made = fs::mknodat(pfd, name, ft, Mode::from_raw_mode(0o600), dev);
                 match made {
                     Ok(()) => {
-                        if preserve {
+                        if preserve && (h.meta.uid, h.meta.gid) != self.me {
                             chown_at(pfd, name, &h.meta, &rel)?;
                         }
                         fs::chmodat(
@@ -475,7 +483,8 @@ impl Unpacker {
         h: &Header,
         preserve: bool,
     ) -> Result<(), UnpackError> {
-        if preserve {
+        // The root may predate us; everything else was made by us.
+        if preserve && (rel.is_empty() || (h.meta.uid, h.meta.gid) != self.me) {
             let (u, g) = (id(h.meta.uid, rel)?, id(h.meta.gid, rel)?);
             fs::fchown(fd, Some(fs::Uid::from_raw(u)), Some(fs::Gid::from_raw(g)))
                 .map_err(errno("chown", rel))?;
