@@ -83,7 +83,7 @@ fn export(r: &str, base: &Path, format: &str, name: &str, unprivileged: bool) ->
     let mut c = if unprivileged {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_hoist"));
+            .arg(crate::harness::hoist_for_anyone(base));
         c
     } else {
         Command::new(env!("CARGO_BIN_EXE_hoist"))

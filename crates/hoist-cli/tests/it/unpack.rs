@@ -422,7 +422,7 @@ fn rootless_unpack_maps_owners_to_the_caller_and_records_the_truth() {
     let cache = base.path().join("cache");
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_hoist"))
+        .arg(crate::harness::hoist_for_anyone(base.path()))
         .args(["--json", "--cache-dir"])
         .arg(&cache)
         .args(["unpack", &r])

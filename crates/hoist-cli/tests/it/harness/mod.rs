@@ -126,6 +126,18 @@ pub fn assert_blobs_verified(layout: &Path) -> usize {
     n
 }
 
+/// The hoist binary copied into `dir` (world-readable), for runs as another
+/// user: the build tree may sit below a directory they cannot enter.
+pub fn hoist_for_anyone(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = dir.join("hoist");
+    if !exe.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_hoist"), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    exe
+}
+
 /// A repository name no other test uses.
 pub fn unique_repo(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
