@@ -153,20 +153,7 @@ impl Builder {
             media_type: self.config_media_type.unwrap_or_else(|| cmt.into()),
             bytes: serde_json::to_vec(&config).unwrap(),
         };
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": mmt,
-            "config": config.descriptor(),
-            "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
-        });
-        Image {
-            manifest: Blob {
-                media_type: mmt.into(),
-                bytes: serde_json::to_vec_pretty(&manifest).unwrap(),
-            },
-            config,
-            layers,
-        }
+        with_manifest(layers, config, mmt)
     }
 }
 
@@ -182,6 +169,11 @@ pub fn assemble(layers: Vec<Blob>, config: &serde_json::Value, docker: bool) -> 
         media_type: cmt.into(),
         bytes: serde_json::to_vec(config).unwrap(),
     };
+    with_manifest(layers, config, mmt)
+}
+
+/// The manifest (of media type `mmt`) over a config blob and layers.
+fn with_manifest(layers: Vec<Blob>, config: Blob, mmt: &str) -> Image {
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": mmt,
