@@ -22,6 +22,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ENV  # noqa: E402
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=3)
 ap.add_argument("--ref", default="127.0.0.1:5000/rig/big:latest")
@@ -29,7 +32,7 @@ ap.add_argument("--workdir", default="/var/tmp", help="where caches and outputs 
 ap.add_argument("--hoist", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "hoist"))
 ap.add_argument("--settle", type=float, default=20.0)
 a = ap.parse_args()
-env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+env = ENV
 work = tempfile.mkdtemp(prefix="hoist-bench-export-", dir=a.workdir)
 cache = os.path.join(work, "cache")
 digest = subprocess.run([a.hoist, "-q", "--cache-dir", cache, "pull", a.ref], env=env, check=True,

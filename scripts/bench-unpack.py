@@ -23,6 +23,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ENV, timed  # noqa: E402
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=3)
 ap.add_argument("--ref", default="127.0.0.1:5000/rig/big:latest")
@@ -33,18 +36,8 @@ ap.add_argument("--settle", type=float, default=20.0,
                 help="seconds to wait after deleting outputs (untimed): on a filesystem mounted with "
                      "online discard, allocation right after a mass delete is many times slower")
 a = ap.parse_args()
-env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+env = ENV
 work = tempfile.mkdtemp(prefix="hoist-bench-unpack-", dir=a.workdir)
-
-
-def timed(cmd):
-    t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.monotonic() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit("failed: %s\n%s" % (" ".join(cmd), p.stderr.read().decode()[-2000:]))
-    return wall, ru.ru_maxrss / 1024.0
 
 
 def clean(*paths):
