@@ -11,6 +11,8 @@ pub enum UnpackError {
     },
     #[error("invalid layer archive: {0}")]
     InvalidArchive(String),
+    #[error("invalid layer archive: {0} has a parent that is not a directory")]
+    NotADirectory(String),
     #[error("reading the layer: {0}")]
     Read(#[source] std::io::Error),
     #[error(

@@ -80,12 +80,15 @@ pub struct Unpacker {
     me: (u64, u64),
 }
 
-struct Header {
-    meta: EntryMeta,
-    xattrs: Vec<(String, Vec<u8>)>,
+pub(crate) struct Header {
+    pub(crate) meta: EntryMeta,
+    pub(crate) xattrs: Vec<(String, Vec<u8>)>,
 }
 
-fn read_header<R: Read>(e: &mut tar::Entry<'_, R>, kind: EntryType) -> Result<Header, UnpackError> {
+pub(crate) fn read_header<R: Read>(
+    e: &mut tar::Entry<'_, R>,
+    kind: EntryType,
+) -> Result<Header, UnpackError> {
     let shown = show(&e.path_bytes());
     let bad = |what: &str, err: std::io::Error| {
         UnpackError::InvalidArchive(format!("{shown}: bad {what}: {err}"))
@@ -483,8 +486,11 @@ impl Unpacker {
         h: &Header,
         preserve: bool,
     ) -> Result<(), UnpackError> {
-        // The root may predate us; everything else was made by us.
-        if preserve && (rel.is_empty() || (h.meta.uid, h.meta.gid) != self.me) {
+        // Files were just made by us. A directory may predate us (the
+        // root), or have been given other owners already: two tar paths
+        // can name one directory through symlinks.
+        let made_now = h.meta.kind != EntryType::Dir;
+        if preserve && (!made_now || (h.meta.uid, h.meta.gid) != self.me) {
             let (u, g) = (id(h.meta.uid, rel)?, id(h.meta.gid, rel)?);
             fs::fchown(fd, Some(fs::Uid::from_raw(u)), Some(fs::Gid::from_raw(g)))
                 .map_err(errno("chown", rel))?;

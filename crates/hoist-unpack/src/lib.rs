@@ -8,6 +8,7 @@
 
 mod error;
 mod layer;
+mod merge;
 mod meta;
 pub mod path;
 mod root;
@@ -15,6 +16,7 @@ mod stream;
 
 pub use error::UnpackError;
 pub use layer::{LayerStats, Ownership, UnpackOptions, Unpacker};
+pub use merge::{Body, ContentSink, MergedTree, Node, NodeId, ROOT};
 pub use meta::{EntryMeta, EntryType, TreeMeta};
 pub use root::remove_tree;
 pub use stream::{LayerStream, StreamDigests};

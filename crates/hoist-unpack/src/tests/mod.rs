@@ -1,6 +1,7 @@
 //! Layer semantics and containment, on real tar streams and real files.
 
 mod attacks;
+mod merge;
 mod semantics;
 pub mod tarb;
 

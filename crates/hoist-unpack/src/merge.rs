@@ -1,0 +1,546 @@
+//! The same layer semantics as [`crate::Unpacker`], applied to a tree in
+//! memory instead of a directory: what a disk-image writer needs to lay out
+//! the final filesystem straight from the layer streams, with the true
+//! owners from the tar headers and no intermediate rootfs.
+//!
+//! File contents go to a [`ContentSink`] as they stream past (the ext4
+//! writer puts them straight into the image); a file that a later layer
+//! removes or replaces is handed back with [`ContentSink::release`].
+//!
+//! Paths resolve as the kernel resolves them for the unpacker
+//! (`RESOLVE_IN_ROOT`): symlinks in parent components are followed, `..`
+//! and absolute targets stay inside the root, the last component is never
+//! followed, and a dangling in-root symlink on the way gets its target
+//! created. Nothing here touches the filesystem, so containment is by
+//! construction; the resolution rules matter for fidelity.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io::{self, Read};
+
+use crate::error::{show, UnpackError};
+use crate::layer::read_header;
+use crate::meta::{EntryMeta, EntryType};
+use crate::path::{self, Kind};
+
+/// Where file contents go. `store` must consume exactly `size` bytes.
+pub trait ContentSink {
+    type Handle;
+    fn store(&mut self, size: u64, r: &mut dyn Read) -> io::Result<Self::Handle>;
+    /// The file is gone from the tree (whited out or replaced).
+    fn release(&mut self, h: Self::Handle);
+}
+
+pub type NodeId = u32;
+/// Extended attributes as the tar headers give them: (name, value).
+pub type Xattrs = Vec<(String, Vec<u8>)>;
+pub const ROOT: NodeId = 0;
+/// Linux's limit on symlinks followed in one lookup.
+const MAX_SYMLINKS: usize = 40;
+
+#[derive(Debug)]
+pub enum Body<H> {
+    Dir(BTreeMap<Vec<u8>, NodeId>),
+    File {
+        size: u64,
+        content: Option<H>,
+    },
+    Symlink(Vec<u8>),
+    /// Char, block or FIFO: all in `meta`.
+    Special,
+}
+
+#[derive(Debug)]
+pub struct Node<H> {
+    pub meta: EntryMeta,
+    pub xattrs: Xattrs,
+    pub body: Body<H>,
+    /// Directory entries naming this node (hardlinks).
+    pub links: u32,
+}
+
+pub struct MergedTree<H> {
+    nodes: Vec<Option<Node<H>>>,
+    /// Tar paths this layer made: whiteouts and opaque markers only hide
+    /// what lower layers made. By path, as the unpacker keeps them.
+    added: HashSet<Vec<u8>>,
+    /// Directory metadata by tar path, applied by [`MergedTree::finish`]
+    /// to whatever directory the path names then: what the unpacker does
+    /// (it must defer it, or a 0555 directory would refuse its children),
+    /// kept here so both give the same tree even through symlinks that
+    /// later layers retarget.
+    pending: BTreeMap<Vec<u8>, (EntryMeta, Xattrs)>,
+}
+
+fn invalid(msg: String) -> UnpackError {
+    UnpackError::InvalidArchive(msg)
+}
+
+impl<H> Default for MergedTree<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<H> MergedTree<H> {
+    pub fn new() -> Self {
+        MergedTree {
+            nodes: vec![Some(Node {
+                meta: EntryMeta::implicit_dir(),
+                xattrs: Vec::new(),
+                body: Body::Dir(BTreeMap::new()),
+                links: 1,
+            })],
+            added: HashSet::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node<H> {
+        self.nodes[id as usize].as_ref().expect("live node")
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> &mut Node<H> {
+        self.nodes[id as usize].as_mut().expect("live node")
+    }
+
+    pub fn children(&self, id: NodeId) -> Option<&BTreeMap<Vec<u8>, NodeId>> {
+        match &self.node(id).body {
+            Body::Dir(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        self.children(dir)?.get(name).copied()
+    }
+
+    fn push(&mut self, n: Node<H>) -> NodeId {
+        self.nodes.push(Some(n));
+        (self.nodes.len() - 1) as NodeId
+    }
+
+    /// Apply one uncompressed layer tar stream, read up to its end-of-archive
+    /// marker (the caller drains the rest before trusting its digest).
+    pub fn apply_layer<R: Read, S: ContentSink<Handle = H>>(
+        &mut self,
+        reader: &mut R,
+        sink: &mut S,
+    ) -> Result<crate::LayerStats, UnpackError> {
+        self.added.clear();
+        let mut stats = crate::LayerStats::default();
+        let mut ar = tar::Archive::new(reader);
+        for entry in ar.entries().map_err(UnpackError::Read)? {
+            let mut e = entry.map_err(|x| invalid(x.to_string()))?;
+            stats.entries += 1;
+            stats.bytes += e.size();
+            match path::classify(&e.path_bytes())? {
+                Kind::Opaque(dir) => {
+                    stats.whiteouts += 1;
+                    self.opaque(&dir, sink)?;
+                }
+                Kind::Whiteout(target) => {
+                    stats.whiteouts += 1;
+                    self.whiteout(&target, sink)?;
+                }
+                Kind::Normal(rel) => self.entry(&mut e, rel, sink)?,
+            }
+        }
+        Ok(stats)
+    }
+
+    /// The directory at `rel`, following symlinks inside the root (the
+    /// unpacker's `openat2(RESOLVE_IN_ROOT)`). `Ok(None)`: something on
+    /// the way is missing.
+    fn lookup_dir(&self, rel: &[u8]) -> Result<Option<NodeId>, UnpackError> {
+        let mut todo: VecDeque<Vec<u8>> = split_components(rel).collect();
+        let mut stack: Vec<NodeId> = vec![ROOT];
+        let mut followed = 0;
+        while let Some(c) = todo.pop_front() {
+            let cur = *stack.last().expect("root stays");
+            match &c[..] {
+                b"." => continue,
+                b".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let Some(id) = self.child(cur, &c) else {
+                return Ok(None);
+            };
+            match &self.node(id).body {
+                Body::Dir(_) => stack.push(id),
+                Body::Symlink(t) => {
+                    followed += 1;
+                    if followed > MAX_SYMLINKS {
+                        return Err(invalid(format!(
+                            "{}: too many levels of symbolic links",
+                            show(rel)
+                        )));
+                    }
+                    if t.first() == Some(&b'/') {
+                        stack.truncate(1);
+                    }
+                    for part in split_components(t).rev() {
+                        todo.push_front(part);
+                    }
+                }
+                _ => return Err(not_a_directory(rel)),
+            }
+        }
+        Ok(stack.last().copied())
+    }
+
+    /// The directory at `rel`, made (with its missing parents) if need be.
+    fn dir(&mut self, rel: &[u8]) -> Result<NodeId, UnpackError> {
+        match self.lookup_dir(rel)? {
+            Some(id) => Ok(id),
+            None => self.make_dirs(rel, 0),
+        }
+    }
+
+    /// `mkdir -p` one component at a time, as the unpacker's root does: a
+    /// dangling symlink in the way gets its target made, resolved inside
+    /// the root.
+    fn make_dirs(&mut self, rel: &[u8], hops: usize) -> Result<NodeId, UnpackError> {
+        if hops > MAX_SYMLINKS {
+            return Err(invalid(format!(
+                "{}: too many levels of symbolic links",
+                show(rel)
+            )));
+        }
+        let mut cur = ROOT;
+        let mut prefix: Vec<u8> = Vec::new();
+        for comp in rel.split(|&b| b == b'/') {
+            let next = path::join(&prefix, comp);
+            cur = match self.lookup_dir(&next)? {
+                Some(id) => id,
+                None => match self.child(cur, comp) {
+                    None => {
+                        let id = self.push(Node {
+                            meta: EntryMeta::implicit_dir(),
+                            xattrs: Vec::new(),
+                            body: Body::Dir(BTreeMap::new()),
+                            links: 1,
+                        });
+                        self.link(cur, comp.to_vec(), id);
+                        self.added.insert(next.clone());
+                        id
+                    }
+                    Some(id) => {
+                        let Body::Symlink(target) = &self.node(id).body else {
+                            return Err(not_a_directory(&next));
+                        };
+                        let resolved = if target.first() == Some(&b'/') {
+                            path::clean(target)
+                        } else {
+                            path::clean(&path::join(&prefix, target))
+                        };
+                        self.make_dirs(&resolved, hops + 1)?
+                    }
+                },
+            };
+            prefix = next;
+        }
+        Ok(cur)
+    }
+
+    /// Drop pending directory metadata at and under a removed tar path.
+    fn forget(&mut self, rel: &[u8]) {
+        let mut lo = rel.to_vec();
+        lo.push(b'/');
+        let mut hi = rel.to_vec();
+        hi.push(b'/' + 1);
+        let doomed: Vec<Vec<u8>> = self.pending.range(lo..hi).map(|(k, _)| k.clone()).collect();
+        for k in doomed {
+            self.pending.remove(&k);
+        }
+        self.pending.remove(rel);
+    }
+
+    /// Apply the deferred directory metadata. Call once, after the last
+    /// layer.
+    pub fn finish(&mut self) -> Result<(), UnpackError> {
+        let pending = std::mem::take(&mut self.pending);
+        // Deepest first, as the unpacker must (a directory's mode could
+        // deny its children); two tar paths naming one directory through
+        // symlinks resolve the same way there.
+        for (rel, (meta, xattrs)) in pending.into_iter().rev() {
+            let id = if rel.is_empty() {
+                ROOT
+            } else {
+                let (parent, name) = path::split(&rel);
+                // Whatever no longer resolves is not ours to touch.
+                let Ok(Some(p)) = self.lookup_dir(parent) else {
+                    continue;
+                };
+                match self.child(p, name) {
+                    Some(id) if matches!(self.node(id).body, Body::Dir(_)) => id,
+                    _ => continue,
+                }
+            };
+            let n = self.node_mut(id);
+            n.meta = meta;
+            n.xattrs = xattrs;
+        }
+        Ok(())
+    }
+
+    fn link(&mut self, dir: NodeId, name: Vec<u8>, id: NodeId) {
+        if let Body::Dir(c) = &mut self.node_mut(dir).body {
+            c.insert(name, id);
+        }
+    }
+
+    /// Drop the entry `name` of `dir`, and the node (recursively) with its
+    /// last link.
+    fn unlink<S: ContentSink<Handle = H>>(&mut self, dir: NodeId, name: &[u8], sink: &mut S) {
+        let Body::Dir(c) = &mut self.node_mut(dir).body else {
+            return;
+        };
+        let Some(id) = c.remove(name) else { return };
+        self.drop_link(id, sink);
+    }
+
+    fn drop_link<S: ContentSink<Handle = H>>(&mut self, id: NodeId, sink: &mut S) {
+        let n = self.node_mut(id);
+        n.links -= 1;
+        if n.links > 0 {
+            return;
+        }
+        let n = self.nodes[id as usize].take().expect("live node");
+        match n.body {
+            Body::Dir(c) => {
+                for (_, child) in c {
+                    self.drop_link(child, sink);
+                }
+            }
+            Body::File {
+                content: Some(h), ..
+            } => sink.release(h),
+            _ => {}
+        }
+    }
+
+    fn whiteout<S: ContentSink<Handle = H>>(
+        &mut self,
+        target: &[u8],
+        sink: &mut S,
+    ) -> Result<(), UnpackError> {
+        if target.is_empty() || self.added.contains(target) {
+            return Ok(());
+        }
+        let (parent, name) = path::split(target);
+        let p = match self.lookup_dir(parent) {
+            Ok(Some(p)) => p,
+            // Nothing there to hide (the unpacker's ENOENT/ENOTDIR).
+            Ok(None) | Err(UnpackError::NotADirectory(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.unlink(p, name, sink);
+        self.forget(target);
+        Ok(())
+    }
+
+    fn opaque<S: ContentSink<Handle = H>>(
+        &mut self,
+        dir: &[u8],
+        sink: &mut S,
+    ) -> Result<(), UnpackError> {
+        let Some(d) = self.lookup_dir(dir)? else {
+            return Ok(());
+        };
+        let names: Vec<Vec<u8>> = self
+            .children(d)
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect();
+        for n in names {
+            let full = path::join(dir, &n);
+            if !self.added.contains(&full) {
+                self.unlink(d, &n, sink);
+                self.forget(&full);
+            }
+        }
+        Ok(())
+    }
+
+    fn entry<R: Read, S: ContentSink<Handle = H>>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        rel: Vec<u8>,
+        sink: &mut S,
+    ) -> Result<(), UnpackError> {
+        use tar::EntryType as T;
+        let kind = match e.header().entry_type() {
+            T::Regular | T::Continuous | T::GNUSparse => EntryType::File,
+            T::Directory => EntryType::Dir,
+            T::Symlink => EntryType::Symlink,
+            T::Link => return self.hardlink(e, rel, sink),
+            T::Char => EntryType::Char,
+            T::Block => EntryType::Block,
+            T::Fifo => EntryType::Fifo,
+            T::XGlobalHeader => return Ok(()),
+            other => {
+                tracing::debug!("{}: skipping tar entry type {other:?}", show(&rel));
+                return Ok(());
+            }
+        };
+        let h = read_header(e, kind)?;
+        if rel.is_empty() {
+            if kind != EntryType::Dir {
+                return Err(invalid(format!(
+                    "a {kind:?} entry names the root directory"
+                )));
+            }
+            self.pending.insert(rel, (h.meta, h.xattrs));
+            return Ok(());
+        }
+        let (parent, name) = path::split(&rel);
+        let p = self.dir(parent)?;
+        let existing = self.child(p, name);
+        if kind == EntryType::Dir {
+            if let Some(id) = existing {
+                if matches!(self.node(id).body, Body::Dir(_)) {
+                    self.added.insert(rel.clone());
+                    self.pending.insert(rel, (h.meta, h.xattrs));
+                    return Ok(());
+                }
+            }
+        }
+        if existing.is_some() {
+            self.unlink(p, name, sink);
+            self.forget(&rel);
+        }
+        let (meta, xattrs) = if kind == EntryType::Dir {
+            self.pending.insert(rel.clone(), (h.meta, h.xattrs));
+            (EntryMeta::implicit_dir(), Vec::new())
+        } else {
+            (h.meta, h.xattrs)
+        };
+        let body = match kind {
+            EntryType::Dir => Body::Dir(BTreeMap::new()),
+            EntryType::File => {
+                let size = e.size();
+                let mut counted = Exact {
+                    inner: &mut *e,
+                    left: size,
+                };
+                let content = sink.store(size, &mut counted).map_err(UnpackError::Read)?;
+                Body::File {
+                    size,
+                    content: Some(content),
+                }
+            }
+            EntryType::Symlink => {
+                let target = e
+                    .link_name_bytes()
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| invalid(format!("{}: symlink without target", show(&rel))))?
+                    .into_owned();
+                Body::Symlink(target)
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => Body::Special,
+        };
+        let id = self.push(Node {
+            meta,
+            xattrs,
+            body,
+            links: 1,
+        });
+        self.link(p, name.to_vec(), id);
+        self.added.insert(rel);
+        Ok(())
+    }
+
+    fn hardlink<R: Read, S: ContentSink<Handle = H>>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        rel: Vec<u8>,
+        sink: &mut S,
+    ) -> Result<(), UnpackError> {
+        let raw = e
+            .link_name_bytes()
+            .ok_or_else(|| invalid(format!("{}: hardlink without target", show(&rel))))?;
+        let target = path::clean(&raw);
+        if rel.is_empty() || target.is_empty() {
+            return Err(invalid(format!(
+                "{}: hardlink to or of the root",
+                show(&rel)
+            )));
+        }
+        if target == rel {
+            return Ok(());
+        }
+        let missing = || {
+            invalid(format!(
+                "{}: hardlink to {}, which does not exist",
+                show(&rel),
+                show(&target)
+            ))
+        };
+        let (tparent, tname) = path::split(&target);
+        let tdir = self.lookup_dir(tparent)?.ok_or_else(missing)?;
+        let tid = self.child(tdir, tname).ok_or_else(missing)?;
+        if matches!(self.node(tid).body, Body::Dir(_)) {
+            return Err(invalid(format!("{}: hardlink to a directory", show(&rel))));
+        }
+        let (parent, name) = path::split(&rel);
+        let p = self.dir(parent)?;
+        // Held while the old entry goes, in case that entry is the target.
+        self.node_mut(tid).links += 1;
+        if self.child(p, name).is_some() {
+            self.unlink(p, name, sink);
+            self.forget(&rel);
+        }
+        // Replacing `rel` removed the target itself (it lived under `rel`):
+        // the link(2) the unpacker makes would fail the same way.
+        let still_there =
+            self.nodes[tdir as usize].is_some() && self.child(tdir, tname) == Some(tid);
+        if !still_there {
+            self.drop_link(tid, sink);
+            return Err(missing());
+        }
+        self.link(p, name.to_vec(), tid);
+        self.added.insert(rel);
+        Ok(())
+    }
+}
+
+fn not_a_directory(rel: &[u8]) -> UnpackError {
+    UnpackError::NotADirectory(show(rel))
+}
+
+fn split_components(p: &[u8]) -> impl DoubleEndedIterator<Item = Vec<u8>> + '_ {
+    p.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(<[u8]>::to_vec)
+}
+
+/// A file's content as exactly `left` bytes: a short archive is an error
+/// here rather than a short file in the image.
+struct Exact<'a, R> {
+    inner: &'a mut R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = out.len().min(self.left as usize);
+        let n = self.inner.read(&mut out[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ends inside a file",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
