@@ -1,8 +1,10 @@
-//! Root filesystem plus recorded true metadata → VM disk images.
+//! Image layers → VM disk images with the image's true ownership.
 //!
-//! The contents come from the unpacked rootfs; owners, modes and device
-//! numbers come from the recorded tree metadata, so the image says what the
-//! image's tar headers said even when hoist unpacked without root.
+//! ext4 is written natively, straight from the merged layer streams
+//! ([`Ext4Builder`]). erofs and cpio are made from an unpacked rootfs plus
+//! the recorded tree metadata (owners, modes and device numbers), so they
+//! too say what the tar headers said even when hoist unpacked without
+//! root.
 
 mod cpio;
 mod erofs;
@@ -13,7 +15,7 @@ mod tree;
 pub use cpio::CpioStats;
 pub use erofs::ErofsOptions;
 pub use error::ExportError;
-pub use ext4::{Ext4Options, Ext4Stats};
+pub use ext4::{Ext4Builder, Ext4Options, Ext4Stats, Run};
 pub use tree::Tree;
 
 use std::io::BufWriter;
@@ -38,14 +40,6 @@ pub fn write_cpio(tree: &Tree<'_>, out: &Path, gzip: bool) -> Result<CpioStats, 
     } else {
         cpio::write(tree, w)
     }
-}
-
-pub fn write_ext4(
-    tree: &Tree<'_>,
-    out: &Path,
-    opts: &Ext4Options,
-) -> Result<Ext4Stats, ExportError> {
-    ext4::write(tree, out, opts)
 }
 
 pub fn write_erofs(tree: &Tree<'_>, out: &Path, opts: &ErofsOptions) -> Result<u64, ExportError> {

@@ -103,6 +103,11 @@ impl<H> MergedTree<H> {
         self.nodes[id as usize].as_mut().expect("live node")
     }
 
+    /// Every node still in the tree.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node<H>> {
+        self.nodes.iter().flatten()
+    }
+
     pub fn children(&self, id: NodeId) -> Option<&BTreeMap<Vec<u8>, NodeId>> {
         match &self.node(id).body {
             Body::Dir(c) => Some(c),

@@ -1,25 +1,26 @@
-//! `Client::export`: unpack through the cache into a temp tree, write the
-//! disk image to a temp file beside the output, rename it into place.
+//! `Client::export`: write a disk image to a temp file beside the output,
+//! then rename it into place. ext4 straight from the layer streams; erofs
+//! and cpio from a temporary unpack.
 
 use std::path::{Path, PathBuf};
 
-use hoist_export::{ErofsOptions, Ext4Options, Format, Tree};
+use hoist_export::{ErofsOptions, Ext4Builder, Ext4Options, Format, Run, Tree};
 use hoist_spec::{Digest, ImageMetadata, Platform};
-use hoist_unpack::{Ownership, TreeMeta};
+use hoist_unpack::{MergedTree, Ownership, TreeMeta};
 use serde::Serialize;
 
 use crate::client::Client;
 use crate::error::Error;
 use crate::source::ImageSource;
-use crate::unpack::UnpackOptions;
+use crate::unpack::{Step, UnpackOptions};
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     pub format: Format,
     /// Fixed image size (ext4 only).
     pub size: Option<u64>,
-    /// How the intermediate rootfs is unpacked; the image gets the true
-    /// owners either way.
+    /// How the intermediate rootfs of erofs and cpio exports is unpacked;
+    /// the image gets the true owners either way.
     pub ownership: Option<Ownership>,
 }
 
@@ -31,6 +32,14 @@ impl Default for ExportOptions {
             ownership: None,
         }
     }
+}
+
+/// What either export path made, before the rename.
+struct Made {
+    digest: Digest,
+    platform: Platform,
+    content_bytes: u64,
+    metadata: ImageMetadata,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -47,7 +56,20 @@ pub struct Exported {
     pub metadata: ImageMetadata,
 }
 
-/// A UUID from the first 128 bits of the digest: same image, same UUID.
+/// UUID and directory hash seed from the digest: same image, same bytes.
+fn ids_of(d: &Digest) -> ([u8; 16], [u8; 16]) {
+    let h = d.hex().as_bytes();
+    let byte = |i: usize| {
+        let s = std::str::from_utf8(&h[2 * i..2 * i + 2]).unwrap_or("00");
+        u8::from_str_radix(s, 16).unwrap_or(0)
+    };
+    (
+        std::array::from_fn(byte),
+        std::array::from_fn(|i| byte(16 + i)),
+    )
+}
+
+/// The erofs UUID as mkfs.erofs takes it.
 fn uuid_of(d: &Digest) -> String {
     let h = d.hex();
     format!(
@@ -77,14 +99,119 @@ fn sibling(out: &Path, what: &str) -> PathBuf {
 }
 
 impl Client {
-    /// Pull and unpack as needed, then write a disk image of the rootfs to
-    /// `out` (atomically) with the image's true ownership.
+    /// Pull (through the cache) as needed, then write a disk image of the
+    /// image's root filesystem to `out` (atomically) with the image's true
+    /// ownership. ext4 is written straight from the layer streams; erofs
+    /// and cpio from a temporary unpack.
     pub fn export(
         &self,
         src: &ImageSource,
         out: &Path,
         opts: &ExportOptions,
     ) -> Result<Exported, Error> {
+        let tmp = sibling(out, "tmp");
+        let made = match opts.format {
+            Format::Ext4 => self.export_ext4(src, &tmp, opts),
+            _ => self.export_from_tree(src, out, &tmp, opts),
+        };
+        let made = match made {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::rename(&tmp, out) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(self.io_err(out, e));
+        }
+        let size = std::fs::metadata(out)
+            .map_err(|e| self.io_err(out, e))?
+            .len();
+        Ok(Exported {
+            source: src.to_string(),
+            digest: made.digest,
+            platform: made.platform,
+            format: match opts.format {
+                Format::Ext4 => "ext4",
+                Format::Erofs => "erofs",
+                Format::Cpio { gzip: false } => "cpio",
+                Format::Cpio { gzip: true } => "cpio+gzip",
+            },
+            path: out.to_path_buf(),
+            size,
+            content_bytes: made.content_bytes,
+            metadata: made.metadata,
+        })
+    }
+
+    fn export_ext4(
+        &self,
+        src: &ImageSource,
+        tmp: &Path,
+        opts: &ExportOptions,
+    ) -> Result<Made, Error> {
+        let what = src.to_string();
+        let exp = |e| Error::Export {
+            image: what.clone(),
+            source: e,
+        };
+        let mut builder: Option<Ext4Builder> = None;
+        let mut tree: MergedTree<Run> = MergedTree::new();
+        let (pulled, config, _entries) =
+            self.pull_and_stream(src, false, &mut |step| match step {
+                Step::Start => {
+                    let b = Ext4Builder::create(
+                        tmp,
+                        Ext4Options {
+                            size: opts.size,
+                            ..Ext4Options::default()
+                        },
+                    )
+                    .map_err(exp)?;
+                    builder = Some(b);
+                    Ok(0)
+                }
+                Step::Layer(stream) => {
+                    let b = builder.as_mut().expect("started");
+                    let stats = tree
+                        .apply_layer(stream, b)
+                        .map_err(|source| Error::Unpack {
+                            image: what.clone(),
+                            source,
+                        })?;
+                    Ok(stats.entries)
+                }
+            })?;
+        tree.finish().map_err(|source| Error::Unpack {
+            image: what.clone(),
+            source,
+        })?;
+        let mut builder = builder.expect("started");
+        let (uuid, hash_seed) = ids_of(&pulled.digest);
+        builder.set_identity(
+            uuid,
+            hash_seed,
+            tree.nodes().map(|n| n.meta.mtime).max().unwrap_or(0),
+        );
+        let stats = builder.finish(&tree).map_err(exp)?;
+        Ok(Made {
+            digest: pulled.digest,
+            platform: pulled.platform,
+            content_bytes: stats.data_bytes,
+            metadata: config.metadata,
+        })
+    }
+
+    /// erofs and cpio: unpack into a temp tree beside `out`, build from it
+    /// and the recorded metadata, remove the tree.
+    fn export_from_tree(
+        &self,
+        src: &ImageSource,
+        out: &Path,
+        tmp: &Path,
+        opts: &ExportOptions,
+    ) -> Result<Made, Error> {
         let rootfs = sibling(out, "rootfs");
         let u = self.unpack(
             src,
@@ -94,7 +221,6 @@ impl Client {
                 verify_blobs: false,
             },
         )?;
-        let tmp = sibling(out, "tmp");
         let result = (|| -> Result<u64, Error> {
             let f = std::fs::File::open(&u.tree_metadata)
                 .map_err(|e| self.io_err(&u.tree_metadata, e))?;
@@ -104,37 +230,25 @@ impl Client {
                 rootfs: &rootfs,
                 meta: &meta,
             };
-            let timestamp = meta.entries.values().map(|m| m.mtime).max().unwrap_or(0);
             let exp = |e| Error::Export {
                 image: u.source.clone(),
                 source: e,
             };
             match opts.format {
                 Format::Cpio { gzip } => {
-                    hoist_export::write_cpio(&tree, &tmp, gzip).map_err(exp)?;
-                }
-                Format::Ext4 => {
-                    hoist_export::write_ext4(
-                        &tree,
-                        &tmp,
-                        &Ext4Options {
-                            size: opts.size,
-                            uuid: uuid_of(&u.digest),
-                            timestamp,
-                        },
-                    )
-                    .map_err(exp)?;
+                    hoist_export::write_cpio(&tree, tmp, gzip).map_err(exp)?;
                 }
                 Format::Erofs => {
                     hoist_export::write_erofs(
                         &tree,
-                        &tmp,
+                        tmp,
                         &ErofsOptions {
                             uuid: uuid_of(&u.digest),
                         },
                     )
                     .map_err(exp)?;
                 }
+                Format::Ext4 => unreachable!("ext4 is written from the layers"),
             }
             let content_bytes = tree
                 .nodes()
@@ -148,30 +262,10 @@ impl Client {
         if let Err(e) = hoist_unpack::remove_tree(&rootfs) {
             tracing::warn!("could not remove {}: {e}", rootfs.display());
         }
-        let content_bytes = match result {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        std::fs::rename(&tmp, out).map_err(|e| self.io_err(out, e))?;
-        let size = std::fs::metadata(out)
-            .map_err(|e| self.io_err(out, e))?
-            .len();
-        Ok(Exported {
-            source: u.source,
+        Ok(Made {
             digest: u.digest,
             platform: u.platform,
-            format: match opts.format {
-                Format::Ext4 => "ext4",
-                Format::Erofs => "erofs",
-                Format::Cpio { gzip: false } => "cpio",
-                Format::Cpio { gzip: true } => "cpio+gzip",
-            },
-            path: out.to_path_buf(),
-            size,
-            content_bytes,
+            content_bytes: result?,
             metadata: u.metadata,
         })
     }

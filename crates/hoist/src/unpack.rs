@@ -13,7 +13,7 @@ use hoist_unpack::{
 };
 use serde::Serialize;
 
-use crate::client::{Client, PullEvents};
+use crate::client::{Client, PullEvents, Pulled};
 use crate::error::Error;
 use crate::source::ImageSource;
 
@@ -120,17 +120,28 @@ impl Pipeline {
     }
 }
 
+/// What `pull_and_stream` hands its consumer: `Start` once the config has
+/// been validated, then each layer in order.
+pub(crate) enum Step<'s> {
+    Start,
+    Layer(&'s mut LayerStream),
+}
+
+/// Where the verified layer streams go; returns the entries applied.
+pub(crate) type Consumer<'a> = dyn FnMut(Step<'_>) -> Result<u64, Error> + 'a;
+
 impl Client {
-    /// Apply the layers into `tmp` as the pull makes them available.
-    /// `Ok(None)`: the pull ended first (its error is the one to report).
-    fn apply_pipelined(
+    /// Feed each layer, decompressed, to `apply` in order, as the pull
+    /// makes them available; each stream's digests are checked after
+    /// `apply` has read it. Returns the entries applied, or `Ok(None)` if
+    /// the pull ended first (its error is the one to report).
+    fn stream_layers(
         &self,
         pipe: &Pipeline,
-        tmp: &Path,
-        ownership: Ownership,
-        opts: &UnpackOptions,
+        verify_blobs: bool,
         what: &str,
-    ) -> Result<Option<(TreeMeta, u64)>, Error> {
+        apply: &mut Consumer<'_>,
+    ) -> Result<Option<u64>, Error> {
         let Some((manifest, config)) = pipe.wait(|st| st.plan.clone()) else {
             return Ok(None);
         };
@@ -139,12 +150,11 @@ impl Client {
             .iter()
             .map(|d| d.parse())
             .collect::<Result<_, _>>()?;
-        std::fs::create_dir(tmp).map_err(|e| target_err(tmp, e.to_string()))?;
+        apply(Step::Start)?;
         let unpack_err = |source| Error::Unpack {
             image: what.to_string(),
             source,
         };
-        let mut u = Unpacker::new(tmp, LayerOptions { ownership }).map_err(unpack_err)?;
         let mut entries = 0;
         for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
             let d = &layer.descriptor;
@@ -158,11 +168,10 @@ impl Client {
             let mut stream = LayerStream::new(
                 blob,
                 layer.compression,
-                opts.verify_blobs.then(|| d.digest.algorithm()),
+                verify_blobs.then(|| d.digest.algorithm()),
                 diff_id.algorithm(),
             );
-            let stats = u.apply_layer(&mut stream).map_err(unpack_err)?;
-            entries += stats.entries;
+            entries += apply(Step::Layer(&mut stream))?;
             let got = stream
                 .finish()
                 .map_err(|e| unpack_err(UnpackError::Read(e)))?;
@@ -181,7 +190,41 @@ impl Client {
                 }));
             }
         }
-        Ok(Some((u.finish().map_err(unpack_err)?, entries)))
+        Ok(Some(entries))
+    }
+
+    /// Pull `src` on its own thread while `stream_layers` feeds the layers
+    /// to `apply` as they are verified into the cache. `start` runs once
+    /// the config has been validated, before the first layer.
+    pub(crate) fn pull_and_stream(
+        &self,
+        src: &ImageSource,
+        verify_blobs: bool,
+        apply: &mut Consumer<'_>,
+    ) -> Result<(Pulled, ImageConfig, u64), Error> {
+        let what = src.to_string();
+        let pipe = Pipeline {
+            what: what.clone(),
+            state: Mutex::new(PipeState::default()),
+            cv: Condvar::new(),
+        };
+        let (pulled, applied) = std::thread::scope(|s| {
+            let puller = s.spawn(|| {
+                let r = self.pull_checked(src, &pipe);
+                pipe.finish();
+                r
+            });
+            let applied = self.stream_layers(&pipe, verify_blobs, &what, apply);
+            (puller.join().expect("the pull thread panicked"), applied)
+        });
+        let (pulled, _manifest, config) = pulled?;
+        match applied? {
+            Some(entries) => Ok((pulled, config, entries)),
+            None => Err(Error::Target {
+                path: what,
+                reason: "the pull ended before every layer was in the cache".into(),
+            }),
+        }
     }
 
     /// Pull (through the cache) and write the image's root filesystem to
@@ -213,21 +256,25 @@ impl Client {
             fastrand::u32(..)
         ));
         // The pull runs on its own thread and reports each layer as it is
-        // verified into the cache; layers are applied in order as soon as
-        // they are there.
-        let pipe = Pipeline {
-            what: what.clone(),
-            state: Mutex::new(PipeState::default()),
-            cv: Condvar::new(),
-        };
-        let (pulled, applied) = std::thread::scope(|s| {
-            let puller = s.spawn(|| {
-                let r = self.pull_checked(src, &pipe);
-                pipe.finish();
-                r
-            });
-            let applied = self.apply_pipelined(&pipe, &tmp, ownership, opts, &what);
-            (puller.join().expect("the pull thread panicked"), applied)
+        // verified; layers are applied in order as soon as they are there.
+        let mut unpacker: Option<Unpacker> = None;
+        let streamed = self.pull_and_stream(src, opts.verify_blobs, &mut |step| {
+            let unpack_err = |source| Error::Unpack {
+                image: what.clone(),
+                source,
+            };
+            match step {
+                Step::Start => {
+                    std::fs::create_dir(&tmp).map_err(|e| target_err(&tmp, e.to_string()))?;
+                    let u = Unpacker::new(&tmp, LayerOptions { ownership }).map_err(unpack_err)?;
+                    unpacker = Some(u);
+                    Ok(0)
+                }
+                Step::Layer(stream) => {
+                    let u = unpacker.as_mut().expect("started");
+                    Ok(u.apply_layer(stream).map_err(unpack_err)?.entries)
+                }
+            }
         });
         let cleanup = || {
             if tmp.exists() {
@@ -236,25 +283,22 @@ impl Client {
                 }
             }
         };
-        let (pulled, _manifest, config) = match pulled {
-            Ok(p) => p,
+        let (pulled, config, entries) = match streamed {
+            Ok(v) => v,
             Err(e) => {
                 cleanup();
                 return Err(e);
             }
         };
-        let (tree, entries) = match applied {
-            Ok(Some(v)) => v,
-            Ok(None) => {
+        let finished = unpacker.expect("started").finish();
+        let tree = match finished {
+            Ok(t) => t,
+            Err(source) => {
                 cleanup();
-                return Err(Error::Target {
-                    path: dir.display().to_string(),
-                    reason: "the pull ended before every layer was in the cache".into(),
+                return Err(Error::Unpack {
+                    image: what,
+                    source,
                 });
-            }
-            Err(e) => {
-                cleanup();
-                return Err(e);
             }
         };
         let tree_metadata = self.write_tree_meta(&pulled.digest, &tree)?;

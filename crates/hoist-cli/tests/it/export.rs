@@ -44,6 +44,9 @@ fn image(work: &Path) -> (String, Image) {
          mknod dev/null c 1 3; chmod 0666 dev/null; mknod dev/sda b 8 0; chown 0:6 dev/sda; chmod 0660 dev/sda
          mkfifo tmp/fifo; chmod 1777 tmp
          echo linked > etc/a; ln etc/a etc/b; ln -s /etc/a etc/abs-link
+         echo ping > usr/bin/ping-like; chmod 0755 usr/bin/ping-like
+         setfattr -n security.capability -v 0x0100000200200000000000000000000000000000 usr/bin/ping-like
+         setfattr -n user.comment -v hoist usr/bin/ping-like
          if [ -x /bin/busybox ]; then cp /bin/busybox bin/busybox; fi
          printf '#!/bin/busybox sh\n/bin/busybox echo HOIST-BOOT-OK uid=$(/bin/busybox id -u) shadow=$(/bin/busybox stat -c %%u:%%g:%%a /etc/shadow) null=$(/bin/busybox stat -c %%F:%%t,%%T /dev/null)\n/bin/busybox poweroff -f\n' > init.sh
          chmod 0755 init.sh",
@@ -52,6 +55,8 @@ fn image(work: &Path) -> (String, Image) {
     let out = Command::new("tar")
         .args([
             "--format=pax",
+            "--xattrs",
+            "--xattrs-include=*",
             "--numeric-owner",
             "--sort=name",
             "-cf",
@@ -147,7 +152,10 @@ fn debugfs_stat(img: &Path, path: &str) -> String {
     // Type, mode, owner and device lines; not the times or block lists.
     s.lines()
         .filter(|l| {
-            l.starts_with("Inode:") || l.starts_with("User:") || l.contains("Device major/minor")
+            l.starts_with("Inode:")
+                || l.starts_with("User:")
+                || l.contains("Device major/minor")
+                || l.contains(" = ")
         })
         .map(|l| l.split("   Flags").next().unwrap().to_string())
         .collect::<Vec<_>>()
@@ -236,6 +244,7 @@ fn exports_say_the_true_ownership_as_root_and_unprivileged() {
         "/etc/a",
         "/etc/b",
         "/etc/abs-link",
+        "/usr/bin/ping-like",
     ] {
         let a = debugfs_stat(&root_ext4, p);
         assert!(!a.is_empty(), "{p} missing in ext4");
@@ -249,6 +258,13 @@ fn exports_say_the_true_ownership_as_root_and_unprivileged() {
     assert!(
         shadow.contains("Mode:  0640") && shadow.contains("User:     0   Group:    42"),
         "{shadow}"
+    );
+    // xattrs come from the tar headers, so a rootless export keeps the
+    // file capability that its unpack could not set.
+    let ping = debugfs_stat(&user_ext4, "/usr/bin/ping-like");
+    assert!(
+        ping.contains("security.capability (20)") && ping.contains("user.comment (5) = \"hoist\""),
+        "{ping}"
     );
     let null = debugfs_stat(&root_ext4, "/dev/null");
     assert!(

@@ -1,0 +1,366 @@
+//! The writer's images, read back by e2fsprogs (`e2fsck -fn`, `debugfs`)
+//! and, as root, by the kernel through a loop mount.
+
+use std::path::Path;
+use std::process::Command;
+
+use hoist_unpack::MergedTree;
+
+use super::{Ext4Builder, Ext4Options, Ext4Stats};
+
+struct Layer {
+    b: tar::Builder<Vec<u8>>,
+}
+
+impl Layer {
+    fn new() -> Layer {
+        Layer {
+            b: tar::Builder::new(Vec::new()),
+        }
+    }
+    #[allow(clippy::too_many_arguments)] // a tar header's worth, in tests only
+    fn entry(
+        mut self,
+        kind: tar::EntryType,
+        path: &str,
+        mode: u32,
+        owner: (u64, u64),
+        data: &[u8],
+        link: Option<&str>,
+        xattrs: &[(&str, &[u8])],
+    ) -> Layer {
+        if !xattrs.is_empty() {
+            let keys: Vec<(String, &[u8])> = xattrs
+                .iter()
+                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                .collect();
+            self.b
+                .append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
+                .unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(owner.0);
+        h.set_gid(owner.1);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        if kind == tar::EntryType::Char {
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+        }
+        if kind == tar::EntryType::Block {
+            h.set_device_major(259).unwrap();
+            h.set_device_minor(300).unwrap();
+        }
+        if let Some(l) = link {
+            self.b.append_link(&mut h, path, l).unwrap();
+        } else {
+            self.b.append_data(&mut h, path, data).unwrap();
+        }
+        self
+    }
+    fn file(self, path: &str, mode: u32, owner: (u64, u64), data: &[u8]) -> Layer {
+        self.entry(tar::EntryType::Regular, path, mode, owner, data, None, &[])
+    }
+    fn dir(self, path: &str, mode: u32, owner: (u64, u64)) -> Layer {
+        self.entry(tar::EntryType::Directory, path, mode, owner, b"", None, &[])
+    }
+    fn done(self) -> Vec<u8> {
+        self.b.into_inner().unwrap()
+    }
+}
+
+fn build(out: &Path, layers: &[Vec<u8>], opts: Ext4Options) -> Result<Ext4Stats, String> {
+    let mut b = Ext4Builder::create(out, opts).map_err(|e| e.to_string())?;
+    let mut t = MergedTree::new();
+    for l in layers {
+        t.apply_layer(&mut &l[..], &mut b)
+            .map_err(|e| e.to_string())?;
+    }
+    t.finish().map_err(|e| e.to_string())?;
+    b.finish(&t).map_err(|e| e.to_string())
+}
+
+fn tool(cmd: &mut Command) -> Option<String> {
+    match cmd.output() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("{e}"),
+        Ok(o) => {
+            let mut s = String::from_utf8_lossy(&o.stdout).to_string();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            assert!(o.status.success(), "{cmd:?} failed: {s}");
+            Some(s)
+        }
+    }
+}
+
+fn fsck(img: &Path) -> bool {
+    let Some(out) = tool(Command::new("e2fsck").arg("-fn").arg(img)) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "e2fsck is missing (Debian package e2fsprogs)"
+        );
+        eprintln!("SKIPPED: e2fsck is not installed");
+        return false;
+    };
+    assert!(!out.contains("Fix?"), "{out}");
+    true
+}
+
+fn stat(img: &Path, path: &str) -> String {
+    tool(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("stat {path}"))
+            .arg(img),
+    )
+    .unwrap()
+}
+
+fn sample() -> Vec<Vec<u8>> {
+    use tar::EntryType as T;
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let many: Vec<String> = (0..600)
+        .map(|i| format!("usr/share/many/file-with-a-long-name-{i:04}"))
+        .collect();
+    let mut l1 = Layer::new()
+        .dir("etc", 0o755, (0, 0))
+        .file("etc/shadow", 0o640, (0, 42), b"root:*:19000:0:99999:7:::\n")
+        .file("etc/gone", 0o644, (0, 0), &big)
+        .dir("home/app", 0o700, (1000, 1000))
+        .file("usr/bin/su", 0o4755, (0, 0), b"\x7fELF")
+        .dir("tmp", 0o1777, (0, 0))
+        .entry(T::Char, "dev/null", 0o666, (0, 0), b"", None, &[])
+        .entry(T::Block, "dev/big", 0o660, (0, 6), b"", None, &[])
+        .entry(T::Fifo, "run/fifo", 0o600, (0, 0), b"", None, &[])
+        .entry(T::Symlink, "bin", 0o777, (0, 0), b"", Some("usr/bin"), &[])
+        .entry(
+            T::Symlink,
+            "long",
+            0o777,
+            (0, 0),
+            b"",
+            Some(&"x/".repeat(100)),
+            &[],
+        )
+        .file("usr/bin/big", 0o755, (0, 0), &big)
+        .entry(
+            T::Link,
+            "usr/bin/big-again",
+            0o755,
+            (0, 0),
+            b"",
+            Some("usr/bin/big"),
+            &[],
+        )
+        .entry(
+            T::Regular,
+            "usr/bin/ping",
+            0o755,
+            (0, 0),
+            b"ping",
+            None,
+            &[(
+                "security.capability",
+                &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            )],
+        )
+        .entry(
+            T::Regular,
+            "usr/bin/tagged",
+            0o755,
+            (0, 0),
+            b"t",
+            None,
+            &[("user.big", &[b'v'; 300]), ("user.small", b"1")],
+        );
+    for m in &many {
+        l1 = l1.file(m, 0o644, (0, 0), m.as_bytes());
+    }
+    let l2 = Layer::new().file("etc/.wh.gone", 0o644, (0, 0), b"").file(
+        "usr/bin/new",
+        0o755,
+        (0, 0),
+        &big[..5000],
+    );
+    vec![l1.done(), l2.done()]
+}
+
+fn opts() -> Ext4Options {
+    Ext4Options {
+        size: None,
+        uuid: *b"0123456789abcdef",
+        hash_seed: *b"fedcba9876543210",
+        timestamp: 1_700_000_000,
+    }
+}
+
+#[test]
+fn an_image_e2fsck_accepts_with_true_owners_modes_devices_and_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("a.ext4");
+    let s = build(&img, &sample(), opts()).unwrap();
+    assert_eq!(s.size, std::fs::metadata(&img).unwrap().len());
+    if !fsck(&img) {
+        return;
+    }
+    let st = stat(&img, "/etc/shadow");
+    assert!(
+        st.contains("Mode:  0640") && st.contains("User:     0   Group:    42"),
+        "{st}"
+    );
+    let st = stat(&img, "/home/app");
+    assert!(
+        st.contains("Type: directory")
+            && st.contains("Mode:  0700")
+            && st.contains("User:  1000   Group:  1000"),
+        "{st}"
+    );
+    assert!(stat(&img, "/usr/bin/su").contains("Mode:  04755"));
+    assert!(stat(&img, "/tmp").contains("Mode:  01777"));
+    let st = stat(&img, "/dev/null");
+    assert!(
+        st.contains("Type: character special") && st.contains("Device major/minor number: 01:03"),
+        "{st}"
+    );
+    let st = stat(&img, "/dev/big");
+    assert!(
+        st.contains("Type: block special") && st.contains("major/minor number: 259:300"),
+        "{st}"
+    );
+    assert!(stat(&img, "/run/fifo").contains("Type: FIFO"));
+    let st = stat(&img, "/bin");
+    assert!(
+        st.contains("Type: symlink") && st.contains("Fast link dest: \"usr/bin\""),
+        "{st}"
+    );
+    let a = stat(&img, "/usr/bin/big");
+    assert!(a.contains("Links: 2") && a.contains("Size: 300000"), "{a}");
+    let b = stat(&img, "/usr/bin/big-again");
+    let inode = |s: &str| s.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(inode(&a), inode(&b));
+    assert!(stat(&img, "/usr/bin/ping").contains("security.capability"));
+    let st = stat(&img, "/usr/bin/tagged");
+    assert!(st.contains("user.big") && st.contains("user.small"), "{st}");
+    let gone = tool(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg("stat /etc/gone")
+            .arg(&img),
+    )
+    .unwrap();
+    assert!(gone.contains("File not found"), "{gone}");
+    let content = tool(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg("cat /usr/bin/new")
+            .arg(&img),
+    )
+    .unwrap();
+    assert!(content.len() >= 5000);
+    let lf = stat(&img, "/lost+found");
+    assert!(lf.contains("Type: directory"), "{lf}");
+}
+
+#[test]
+fn the_same_layers_give_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    build(&a, &sample(), opts()).unwrap();
+    build(&b, &sample(), opts()).unwrap();
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn a_fixed_size_is_kept_and_a_tree_that_does_not_fit_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("fixed");
+    let s = build(
+        &img,
+        &sample(),
+        Ext4Options {
+            size: Some(300 << 20),
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.size, 300 << 20);
+    assert!(s.inodes >= (300 << 20) / 16384);
+    fsck(&img);
+    let small = tmp.path().join("small");
+    let e = build(
+        &small,
+        &sample(),
+        Ext4Options {
+            size: Some(1 << 20),
+            ..opts()
+        },
+    )
+    .unwrap_err();
+    assert!(e.contains("more than the requested size"), "{e}");
+    assert!(!small.exists());
+}
+
+/// The kernel reads it as the tar said: contents, owners, modes, links,
+/// xattrs. Root only (loop devices); says so when skipped.
+#[test]
+fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: mounting needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("m.ext4");
+    build(&img, &sample(), opts()).unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(&img)
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIPPED: no loop mount here");
+        return;
+    }
+    let check = || {
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(std::fs::read(mnt.join("usr/bin/big")).unwrap(), big);
+        assert_eq!(
+            std::fs::read(mnt.join("usr/bin/new")).unwrap(),
+            &big[..5000]
+        );
+        let m = std::fs::metadata(mnt.join("etc/shadow")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 42, 0o640));
+        assert_eq!(
+            std::fs::read_link(mnt.join("long"))
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "x/".repeat(100)
+        );
+        let n = std::fs::read_dir(mnt.join("usr/share/many"))
+            .unwrap()
+            .count();
+        assert_eq!(n, 600);
+        let f = mnt.join("usr/share/many/file-with-a-long-name-0599");
+        assert!(std::fs::read_to_string(f).unwrap().ends_with("0599"));
+        let v = rustix::fs::getxattr(mnt.join("usr/bin/tagged"), "user.big", &mut [0u8; 512][..])
+            .unwrap();
+        assert_eq!(v, 300);
+        assert_eq!(
+            std::fs::metadata(mnt.join("usr/bin/big-again"))
+                .unwrap()
+                .nlink(),
+            2
+        );
+        assert!(!mnt.join("etc/gone").exists());
+    };
+    let r = std::panic::catch_unwind(check);
+    let _ = Command::new("umount").arg(&mnt).status();
+    r.unwrap();
+}
