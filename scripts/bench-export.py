@@ -3,8 +3,8 @@
 
     scripts/bench-export.py [--runs N] [--ref HOST/REPO:TAG] [--hoist PATH]
 
-hoist:  `hoist export REF -o FILE` (blobs already in the cache; includes the
-        unpack and the ownership pass).
+hoist:  `hoist export REF -o FILE` (blobs already in the cache; ext4 is
+        written straight from the layer streams).
 go:     `umoci unpack --rootless` from the same OCI layout, then
         `mkfs.ext4 -b 4096 -O ^has_journal -d ROOTFS FILE SIZE` with SIZE =
         max(1.5 x du -sb ROOTFS, 10 MB), as the Go original's disk.go does.
@@ -69,6 +69,7 @@ def hoist():
 
 
 go_failures = []
+tree_info = {}
 
 
 def go():
@@ -79,6 +80,8 @@ def go():
     t0 = time.monotonic()
     run(["umoci", "unpack", "--rootless", "--image", "%s:%s" % (layout, digest[7:]), bundle])
     tree = int(run(["du", "-sb", os.path.join(bundle, "rootfs")]).split()[0])
+    tree_info["apparent"] = tree
+    tree_info["on_disk"] = int(run(["du", "-s", "--block-size=1", os.path.join(bundle, "rootfs")]).split()[0])
     for factor in (1.5, 2.0):
         size = max(int(tree * factor), 10 << 20)
         t1 = time.monotonic()
@@ -108,5 +111,11 @@ for name, v in res.items():
     size, free = info[name]
     print("%-5s total median %7.2f s  image %7.1f MiB  ext4 free %4.1f %%" % (name, statistics.median(v), size / 2**20, 100 * free))
 print("time ratio hoist/go: %.3f" % (statistics.median(res["hoist"]) / statistics.median(res["go"])))
+if tree_info:
+    hs = info["hoist"][0]
+    print("unpacked tree: %.1f MiB on disk (du -s), %.1f MiB apparent (du -sb)" % (
+        tree_info["on_disk"] / 2**20, tree_info["apparent"] / 2**20))
+    print("hoist image / tree: %.3f on disk, %.3f apparent" % (
+        hs / tree_info["on_disk"], hs / tree_info["apparent"]))
 for f in sorted(set(go_failures)):
     print("go path mkfs.ext4 failed at %s" % f)
