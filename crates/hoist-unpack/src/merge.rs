@@ -429,7 +429,14 @@ impl<H> MergedTree<H> {
         let body = match kind {
             EntryType::Dir => Body::Dir(BTreeMap::new()),
             EntryType::File => {
-                let size = e.size();
+                // A GNU sparse entry stores less than it expands to; the
+                // reader gives the expanded bytes.
+                let size = match e.header().as_gnu() {
+                    Some(g) if e.header().entry_type() == tar::EntryType::GNUSparse => g
+                        .real_size()
+                        .map_err(|x| invalid(format!("{}: bad sparse size: {x}", show(&rel))))?,
+                    _ => e.size(),
+                };
                 let mut counted = Exact {
                     inner: &mut *e,
                     left: size,
