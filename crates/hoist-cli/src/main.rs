@@ -108,7 +108,8 @@ enum Command {
         #[arg(long)]
         verify_blobs: bool,
     },
-    /// Pull and unpack as needed, then write a bootable disk image.
+    /// Pull as needed, then write a bootable disk image (ext4 straight from
+    /// the layers; erofs and cpio through a temporary unpack).
     Export {
         image: String,
         /// The image file to write (atomically).
