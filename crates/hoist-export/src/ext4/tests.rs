@@ -425,3 +425,50 @@ fn random_layer_stacks_give_images_e2fsck_accepts() {
     }
     assert!(checked > 200, "only {checked} images checked");
 }
+
+/// A file longer than four extents (4 × 128 MiB) needs extent leaf blocks.
+/// GNU tar stores it sparse, so the layer stays small.
+#[test]
+fn a_file_beyond_four_extents_gets_leaf_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let len: u64 = 600 << 20;
+    let f = std::fs::File::create(src.join("huge")).unwrap();
+    f.set_len(len).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_at(b"head", 0).unwrap();
+    f.write_at(b"tail", len - 4).unwrap();
+    drop(f);
+    let out = Command::new("tar")
+        .args(["--format=gnu", "--sparse", "-cf", "-", "-C"])
+        .arg(&src)
+        .arg("huge")
+        .output()
+        .expect("GNU tar");
+    assert!(out.status.success());
+    let img = tmp.path().join("huge.ext4");
+    build(&img, &[out.stdout], opts()).unwrap();
+    std::fs::remove_file(src.join("huge")).unwrap();
+    if !fsck(&img) {
+        return;
+    }
+    let st = stat(&img, "/huge");
+    assert!(st.contains(&format!("Size: {len}")), "{st}");
+    // debugfs lists the extent tree: one index level, leaves below.
+    let ex = tool(Command::new("debugfs").arg("-R").arg("ex /huge").arg(&img)).unwrap();
+    assert!(ex.contains(" 0/ 1 ") && ex.contains(" 1/ 1 "), "{ex}");
+    let dump = tmp.path().join("dumped");
+    tool(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump /huge {}", dump.display()))
+            .arg(&img),
+    )
+    .unwrap();
+    let d = std::fs::File::open(&dump).unwrap();
+    let mut tail = [0u8; 4];
+    d.read_exact_at(&mut tail, len - 4).unwrap();
+    assert_eq!(&tail, b"tail");
+    assert_eq!(d.metadata().unwrap().len(), len);
+}
