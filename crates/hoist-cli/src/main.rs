@@ -325,6 +325,22 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }
 }
 
+/// The error and its causes, each said once: hoist's errors mostly name
+/// their cause in their own message already.
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    msg
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -339,11 +355,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = exit_code(&e);
+            let msg = message(&e);
             if json {
-                let v = serde_json::json!({"error": format!("{e:#}"), "exit_code": code});
+                let v = serde_json::json!({"error": msg, "exit_code": code});
                 println!("{v}");
             }
-            eprintln!("hoist: error: {e:#}");
+            eprintln!("hoist: error: {msg}");
             ExitCode::from(code as u8)
         }
     }

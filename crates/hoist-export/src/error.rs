@@ -28,7 +28,9 @@ pub enum ExportError {
         status: String,
         stderr: String,
     },
-    #[error("the tree needs about {needed} bytes, more than the requested size of {size} bytes")]
+    #[error(
+        "the contents need at least {needed} bytes, more than the requested size of {size} bytes"
+    )]
     TooSmall { size: u64, needed: u64 },
 }
 

@@ -158,31 +158,40 @@ impl Client {
         };
         let mut builder: Option<Ext4Builder> = None;
         let mut tree: MergedTree<Run> = MergedTree::new();
-        let (pulled, config, _entries) =
-            self.pull_and_stream(src, false, &mut |step| match step {
-                Step::Start => {
-                    let b = Ext4Builder::create(
-                        tmp,
-                        Ext4Options {
-                            size: opts.size,
-                            ..Ext4Options::default()
-                        },
-                    )
-                    .map_err(exp)?;
-                    builder = Some(b);
-                    Ok(0)
+        let streamed = self.pull_and_stream(src, false, &mut |step| match step {
+            Step::Start => {
+                let b = Ext4Builder::create(
+                    tmp,
+                    Ext4Options {
+                        size: opts.size,
+                        ..Ext4Options::default()
+                    },
+                )
+                .map_err(exp)?;
+                builder = Some(b);
+                Ok(0)
+            }
+            Step::Layer(stream) => {
+                let b = builder.as_mut().expect("started");
+                let stats = tree
+                    .apply_layer(stream, b)
+                    .map_err(|source| Error::Unpack {
+                        image: what.clone(),
+                        source,
+                    })?;
+                Ok(stats.entries)
+            }
+        });
+        let (pulled, config, _entries) = match streamed {
+            Ok(v) => v,
+            // Past a fixed --size: say so, not "reading the layer".
+            Err(e) => match builder.as_ref().and_then(Ext4Builder::overflow) {
+                Some((size, needed)) => {
+                    return Err(exp(hoist_export::ExportError::TooSmall { size, needed }))
                 }
-                Step::Layer(stream) => {
-                    let b = builder.as_mut().expect("started");
-                    let stats = tree
-                        .apply_layer(stream, b)
-                        .map_err(|source| Error::Unpack {
-                            image: what.clone(),
-                            source,
-                        })?;
-                    Ok(stats.entries)
-                }
-            })?;
+                None => return Err(e),
+            },
+        };
         tree.finish().map_err(|source| Error::Unpack {
             image: what.clone(),
             source,

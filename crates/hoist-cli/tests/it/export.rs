@@ -369,6 +369,9 @@ fn ext4_is_deterministic_and_a_too_small_size_is_a_clear_error() {
         2,
     );
     assert!(e.contains("more than the requested size"), "{e}");
+    // Regression: the cause used to be printed twice (once in the error's
+    // own message, once more from its source chain).
+    assert_eq!(e.matches("more than the requested size").count(), 1, "{e}");
     assert!(
         !h.home.path().join("c.ext4").exists(),
         "a failed export left its output"

@@ -86,12 +86,11 @@ fn shown(n: &Numbering, id: NodeId) -> String {
 impl Ext4Builder {
     /// Lay out everything but the file data and write it. `tree` must be
     /// the merged tree whose contents went through this builder, finished.
-    /// On error the output file is removed.
+    /// On error (or if the builder is dropped unfinished) the output file
+    /// is removed.
     pub fn finish(mut self, tree: &MergedTree<Run>) -> Result<Ext4Stats, ExportError> {
         let r = self.finish_inner(tree);
-        if r.is_err() {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        self.done = r.is_ok();
         r
     }
 

@@ -77,6 +77,20 @@ pub struct Ext4Builder {
     holes: BTreeSet<(u64, u64)>,
     buf: Vec<u8>,
     buf_start: u64,
+    /// Set when the contents outgrew a fixed `--size`: the bytes needed
+    /// so far.
+    overflow: Option<u64>,
+    /// Set by a successful `finish`; until then dropping the builder
+    /// removes the partial image.
+    done: bool,
+}
+
+impl Drop for Ext4Builder {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn werr(e: io::Error) -> ExportError {
@@ -104,6 +118,8 @@ impl Ext4Builder {
             holes: BTreeSet::new(),
             buf: Vec::with_capacity(FLUSH_AT + CHUNK),
             buf_start: next,
+            overflow: None,
+            done: false,
         })
     }
 
@@ -113,6 +129,13 @@ impl Ext4Builder {
         self.opts.uuid = uuid;
         self.opts.hash_seed = hash_seed;
         self.opts.timestamp = timestamp;
+    }
+
+    /// With a fixed `--size`: the contents have outgrown it, and need at
+    /// least this many bytes. The merge stops at the first file past the
+    /// end instead of writing the rest of the layers.
+    pub fn overflow(&self) -> Option<(u64, u64)> {
+        Some((self.opts.size?, self.overflow?))
     }
 
     pub(crate) fn alloc(&mut self, n: u64) -> u64 {
@@ -173,9 +196,20 @@ impl ContentSink for Ext4Builder {
         if len == 0 {
             return Ok(Run { start: 0, len: 0 });
         }
+        // Blocks past the old end were never written: zeros need not be.
+        let fresh = self.next;
         let start = self.alloc(len);
+        if let Some(limit) = self.opts.size {
+            if self.next * BLOCK > limit {
+                self.overflow = Some(self.next * BLOCK);
+                return Err(io::Error::other(format!(
+                    "the contents need more than the requested {limit} bytes"
+                )));
+            }
+        }
         self.seek(start)?;
         let mut left = size;
+        let mut at_block = start;
         while left > 0 {
             // Whole chunks keep the buffer block-aligned at every flush.
             if self.buf.len() >= FLUSH_AT {
@@ -186,6 +220,15 @@ impl ContentSink for Ext4Builder {
             self.buf.resize(at + want, 0);
             r.read_exact(&mut self.buf[at..])?;
             left -= want as u64;
+            let blocks = (want as u64).div_ceil(BLOCK);
+            // A run of zeros in never-written blocks stays a hole in the
+            // image file (sparse layers, zero-filled files).
+            if at_block >= fresh && self.buf[at..].iter().all(|&b| b == 0) {
+                self.buf.truncate(at);
+                self.flush()?;
+                self.buf_start = at_block + blocks;
+            }
+            at_block += blocks;
         }
         self.pad();
         Ok(Run { start, len })
