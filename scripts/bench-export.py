@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ENV  # noqa: E402
+from benchlib import ENV, timed  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=3)
@@ -62,10 +62,13 @@ def margin(img):
     return free / total
 
 
+hoist_rss = []
+
+
 def hoist():
-    t0 = time.monotonic()
-    run([a.hoist, "-q", "--cache-dir", cache, "export", a.ref, "-o", out])
-    return time.monotonic() - t0
+    wall, rss = timed([a.hoist, "-q", "--cache-dir", cache, "export", a.ref, "-o", out])
+    hoist_rss.append(rss)
+    return wall
 
 
 go_failures = []
@@ -111,6 +114,7 @@ for name, v in res.items():
     size, free = info[name]
     print("%-5s total median %7.2f s  image %7.1f MiB  ext4 free %4.1f %%" % (name, statistics.median(v), size / 2**20, 100 * free))
 print("time ratio hoist/go: %.3f" % (statistics.median(res["hoist"]) / statistics.median(res["go"])))
+print("hoist peak RSS median: %.1f MiB" % statistics.median(hoist_rss))
 if tree_info:
     hs = info["hoist"][0]
     print("unpacked tree: %.1f MiB on disk (du -s), %.1f MiB apparent (du -sb)" % (
