@@ -146,6 +146,38 @@ pub(crate) fn read_header<R: Read>(
     Ok(Header { meta, xattrs })
 }
 
+pub(crate) enum Entry {
+    Kind(EntryType),
+    Hardlink,
+    /// A global header, or a type a rootfs has no use for.
+    Skip,
+}
+
+/// What a tar entry makes; an entry naming the root must be a directory.
+pub(crate) fn entry_kind<R: Read>(e: &tar::Entry<'_, R>, rel: &[u8]) -> Result<Entry, UnpackError> {
+    use tar::EntryType as T;
+    let kind = match e.header().entry_type() {
+        T::Regular | T::Continuous | T::GNUSparse => EntryType::File,
+        T::Directory => EntryType::Dir,
+        T::Symlink => EntryType::Symlink,
+        T::Link => return Ok(Entry::Hardlink),
+        T::Char => EntryType::Char,
+        T::Block => EntryType::Block,
+        T::Fifo => EntryType::Fifo,
+        T::XGlobalHeader => return Ok(Entry::Skip),
+        other => {
+            tracing::debug!("{}: skipping tar entry type {other:?}", show(rel));
+            return Ok(Entry::Skip);
+        }
+    };
+    if rel.is_empty() && kind != EntryType::Dir {
+        return Err(UnpackError::InvalidArchive(format!(
+            "a {kind:?} entry names the root directory"
+        )));
+    }
+    Ok(Entry::Kind(kind))
+}
+
 fn ts(mtime: i64) -> Timestamps {
     let t = Timespec {
         tv_sec: mtime,
@@ -255,15 +287,7 @@ impl Unpacker {
     /// Forget what was at `rel` (a removal or replacement).
     fn forget(&mut self, rel: &[u8]) {
         self.tree.remove_tree(rel);
-        let mut hi = rel.to_vec();
-        hi.push(b'/' + 1);
-        let mut lo = rel.to_vec();
-        lo.push(b'/');
-        let doomed: Vec<Vec<u8>> = self.dirs.range(lo..hi).map(|(k, _)| k.clone()).collect();
-        for k in doomed {
-            self.dirs.remove(&k);
-        }
-        self.dirs.remove(rel);
+        path::remove_under(&mut self.dirs, rel);
     }
 
     fn whiteout(&mut self, target: &[u8]) -> Result<(), UnpackError> {
@@ -332,31 +356,13 @@ impl Unpacker {
         e: &mut tar::Entry<'_, R>,
         rel: Vec<u8>,
     ) -> Result<(), UnpackError> {
-        use tar::EntryType as T;
-        let et = e.header().entry_type();
-        let kind = match et {
-            T::Regular | T::Continuous | T::GNUSparse => EntryType::File,
-            T::Directory => EntryType::Dir,
-            T::Symlink => EntryType::Symlink,
-            T::Link => {
-                return self.hardlink(e, rel);
-            }
-            T::Char => EntryType::Char,
-            T::Block => EntryType::Block,
-            T::Fifo => EntryType::Fifo,
-            T::XGlobalHeader => return Ok(()),
-            other => {
-                tracing::debug!("{}: skipping tar entry type {other:?}", show(&rel));
-                return Ok(());
-            }
+        let kind = match entry_kind(e, &rel)? {
+            Entry::Hardlink => return self.hardlink(e, rel),
+            Entry::Skip => return Ok(()),
+            Entry::Kind(k) => k,
         };
         let h = read_header(e, kind)?;
         if rel.is_empty() {
-            if kind != EntryType::Dir {
-                return Err(UnpackError::InvalidArchive(format!(
-                    "a {kind:?} entry names the root directory"
-                )));
-            }
             self.tree.entries.insert(Vec::new(), h.meta.clone());
             self.dirs.insert(
                 Vec::new(),

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, Read};
 
 use crate::error::{show, UnpackError};
-use crate::layer::read_header;
+use crate::layer::{entry_kind, read_header, Entry};
 use crate::meta::{EntryMeta, EntryType};
 use crate::path::{self, Kind};
 
@@ -254,15 +254,7 @@ impl<H> MergedTree<H> {
 
     /// Drop pending directory metadata at and under a removed tar path.
     fn forget(&mut self, rel: &[u8]) {
-        let mut lo = rel.to_vec();
-        lo.push(b'/');
-        let mut hi = rel.to_vec();
-        hi.push(b'/' + 1);
-        let doomed: Vec<Vec<u8>> = self.pending.range(lo..hi).map(|(k, _)| k.clone()).collect();
-        for k in doomed {
-            self.pending.remove(&k);
-        }
-        self.pending.remove(rel);
+        path::remove_under(&mut self.pending, rel);
     }
 
     /// Apply the deferred directory metadata. Call once, after the last
@@ -379,28 +371,13 @@ impl<H> MergedTree<H> {
         rel: Vec<u8>,
         sink: &mut S,
     ) -> Result<(), UnpackError> {
-        use tar::EntryType as T;
-        let kind = match e.header().entry_type() {
-            T::Regular | T::Continuous | T::GNUSparse => EntryType::File,
-            T::Directory => EntryType::Dir,
-            T::Symlink => EntryType::Symlink,
-            T::Link => return self.hardlink(e, rel, sink),
-            T::Char => EntryType::Char,
-            T::Block => EntryType::Block,
-            T::Fifo => EntryType::Fifo,
-            T::XGlobalHeader => return Ok(()),
-            other => {
-                tracing::debug!("{}: skipping tar entry type {other:?}", show(&rel));
-                return Ok(());
-            }
+        let kind = match entry_kind(e, &rel)? {
+            Entry::Hardlink => return self.hardlink(e, rel, sink),
+            Entry::Skip => return Ok(()),
+            Entry::Kind(k) => k,
         };
         let h = read_header(e, kind)?;
         if rel.is_empty() {
-            if kind != EntryType::Dir {
-                return Err(invalid(format!(
-                    "a {kind:?} entry names the root directory"
-                )));
-            }
             self.pending.insert(rel, (h.meta, h.xattrs));
             return Ok(());
         }

@@ -108,15 +108,7 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
 impl TreeMeta {
     /// Drop `rel` and everything below it.
     pub fn remove_tree(&mut self, rel: &[u8]) {
-        self.entries.remove(rel);
-        let mut lo = rel.to_vec();
-        lo.push(b'/');
-        let mut hi = rel.to_vec();
-        hi.push(b'/' + 1);
-        let doomed: Vec<Vec<u8>> = self.entries.range(lo..hi).map(|(k, _)| k.clone()).collect();
-        for k in doomed {
-            self.entries.remove(&k);
-        }
+        crate::path::remove_under(&mut self.entries, rel);
     }
 
     /// One line per path, sorted: `PATH TYPE MODE UID GID MAJOR MINOR MTIME`

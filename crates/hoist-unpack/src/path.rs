@@ -44,6 +44,19 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Remove `rel` and every path below it from a map keyed by cleaned paths.
+pub(crate) fn remove_under<V>(map: &mut std::collections::BTreeMap<Vec<u8>, V>, rel: &[u8]) {
+    map.remove(rel);
+    let mut lo = rel.to_vec();
+    lo.push(b'/');
+    let mut hi = rel.to_vec();
+    hi.push(b'/' + 1);
+    let doomed: Vec<Vec<u8>> = map.range(lo..hi).map(|(k, _)| k.clone()).collect();
+    for k in doomed {
+        map.remove(&k);
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Kind {
     Normal(Vec<u8>),

@@ -257,30 +257,14 @@ fn merge_builds_the_same_tree_as_the_unpacker() {
 #[test]
 fn gnu_sparse_files_merge_to_their_expanded_contents() {
     let t = tempfile::tempdir().unwrap();
-    let f = std::fs::File::create(t.path().join("sparse")).unwrap();
-    f.set_len(4 << 20).unwrap();
-    use std::os::unix::fs::FileExt;
-    f.write_at(b"middle", 2 << 20).unwrap();
-    f.write_at(b"end", (4 << 20) - 3).unwrap();
-    drop(f);
-    let out = std::process::Command::new("tar")
-        .args(["--format=gnu", "--sparse", "-cf", "-", "-C"])
-        .arg(t.path())
-        .arg("sparse")
-        .output()
-        .expect("GNU tar");
-    assert!(out.status.success());
-    assert!(out.stdout.len() < 1 << 20, "tar did not store it sparse");
+    let (tar, want) = super::gnu_sparse_tar(t.path());
     let mut tree = MergedTree::new();
-    tree.apply_layer(&mut &out.stdout[..], &mut Mem::default())
+    tree.apply_layer(&mut &tar[..], &mut Mem::default())
         .unwrap();
     let id = tree.children(ROOT).unwrap()[&b"sparse"[..]];
     let Body::File { size, content } = &tree.node(id).body else {
         panic!("not a file")
     };
     assert_eq!(*size, 4 << 20);
-    assert_eq!(
-        content.as_deref().unwrap(),
-        std::fs::read(t.path().join("sparse")).unwrap()
-    );
+    assert_eq!(content.as_deref().unwrap(), want);
 }

@@ -454,26 +454,8 @@ fn writing_through_a_dangling_in_root_symlink_creates_its_target_inside() {
 #[test]
 fn gnu_sparse_files_made_by_gnu_tar() {
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let f = std::fs::File::create(src.join("sparse")).unwrap();
-    f.set_len(4 << 20).unwrap();
-    use std::os::unix::fs::FileExt;
-    f.write_at(b"middle", 2 << 20).unwrap();
-    f.write_at(b"end", (4 << 20) - 3).unwrap();
-    drop(f);
-    let out = std::process::Command::new("tar")
-        .args(["--format=gnu", "--sparse", "-cf", "-", "-C"])
-        .arg(&src)
-        .arg("sparse")
-        .output()
-        .expect("GNU tar");
-    assert!(out.status.success());
-    assert!(out.stdout.len() < 1 << 20, "tar did not store it sparse");
-    let (root, res) = apply(&t.path().join("u"), &[out.stdout], own());
+    let (tar, want) = super::gnu_sparse_tar(t.path());
+    let (root, res) = apply(&t.path().join("u"), &[tar], own());
     res.unwrap();
-    assert_eq!(
-        std::fs::read(root.join("sparse")).unwrap(),
-        std::fs::read(src.join("sparse")).unwrap()
-    );
+    assert_eq!(std::fs::read(root.join("sparse")).unwrap(), want);
 }
