@@ -190,3 +190,45 @@ fn http_proxy_and_no_proxy_are_honoured() {
         "NO_PROXY host went through the proxy"
     );
 }
+
+/// An export killed at any point leaves no image, or a whole one: the
+/// output appears only by rename, after the image is complete and synced.
+#[test]
+fn sigkill_during_export_never_leaves_a_partial_image() {
+    let f = FaultRegistry::start();
+    let img = sample_image(61, 2 << 10);
+    f.add_image("v1", &img);
+    f.set(|p| p.chunk_delay = Duration::from_millis(3));
+    let r = format!("{}/crash/export:v1", f.host());
+    let h = Hoist::new();
+    let out = h.home.path().join("disk.ext4");
+    let fsck_ok = |p: &std::path::Path| {
+        std::process::Command::new("e2fsck")
+            .arg("-fn")
+            .arg(p)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(true) // e2fsck missing: the export tests say so
+    };
+    for ms in [0u64, 40, 120, 250, 500, 800] {
+        let mut child = h
+            .cmd()
+            .args(["-q", "export", &r, "-o"])
+            .arg(&out)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        if out.exists() {
+            assert!(
+                fsck_ok(&out),
+                "after a kill at {ms} ms the image is not whole"
+            );
+            std::fs::remove_file(&out).unwrap();
+        }
+    }
+    f.set(|p| p.chunk_delay = Duration::ZERO);
+    h.ok(&["-q", "export", &r, "-o", out.to_str().unwrap()]);
+    assert!(fsck_ok(&out));
+}
