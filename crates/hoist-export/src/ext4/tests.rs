@@ -179,6 +179,15 @@ fn sample() -> Vec<Vec<u8>> {
             b"t",
             None,
             &[("user.big", &[b'v'; 300]), ("user.small", b"1")],
+        )
+        .entry(
+            T::Regular,
+            "etc/acl",
+            0o640,
+            (0, 0),
+            b"a",
+            None,
+            &[("system.posix_acl_access", &acl())],
         );
     for m in &many {
         l1 = l1.file(m, 0o644, (0, 0), m.as_bytes());
@@ -190,6 +199,24 @@ fn sample() -> Vec<Vec<u8>> {
         &big[..5000],
     );
     vec![l1.done(), l2.done()]
+}
+
+/// user::rw- user:1000:r-- group::r-- mask::r-- other::--- in the kernel's
+/// xattr form, as GNU tar stores it.
+fn acl() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
 }
 
 fn opts() -> Ext4Options {
@@ -357,6 +384,11 @@ fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
         let v = rustix::fs::getxattr(mnt.join("usr/bin/tagged"), "user.big", &mut [0u8; 512][..])
             .unwrap();
         assert_eq!(v, 300);
+        // The kernel turns ext4's short ACL form back into this one.
+        let mut buf = [0u8; 128];
+        let n = rustix::fs::getxattr(mnt.join("etc/acl"), "system.posix_acl_access", &mut buf[..])
+            .unwrap();
+        assert_eq!(&buf[..n], &acl()[..]);
         assert_eq!(
             std::fs::metadata(mnt.join("usr/bin/big-again"))
                 .unwrap()
