@@ -1,8 +1,8 @@
 //! erofs through Debian's erofs-utils (`mkfs.erofs`, lz4). erofs-utils 1.5
 //! has no tar mode and no per-file owner option, so when the rootfs cannot
 //! hold the true owners (a rootless unpack), `mkfs.erofs` runs under
-//! `fakeroot` after a fakeroot `chown`/`mknod` pass built from the recorded
-//! metadata: it then reads exactly what the image says.
+//! `fakeroot` after a fakeroot `chown`/`mknod`/`setfattr` pass built from
+//! the recorded metadata: it then reads exactly what the image says.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -65,6 +65,14 @@ pub fn write(tree: &Tree<'_>, out: &Path, opts: &ErofsOptions) -> Result<u64, Ex
             list.push(0);
         }
     }
+    // Rootless, xattrs only root may set (`security.capability`) are not on
+    // the rootfs: set every recorded one under fakeroot, which keeps them
+    // for mkfs.erofs.
+    let xattr_dump = if root {
+        String::new()
+    } else {
+        restore_format(tree)
+    };
     let mut mkfs = vec![
         "mkfs.erofs".to_string(),
         "--quiet".into(),
@@ -80,7 +88,7 @@ pub fn write(tree: &Tree<'_>, out: &Path, opts: &ErofsOptions) -> Result<u64, Ex
             "erofs export as root needs a rootfs unpacked with --ownership preserve".into(),
         ));
     }
-    if owners.is_empty() && devices.is_empty() && modes.is_empty() {
+    if owners.is_empty() && devices.is_empty() && modes.is_empty() && xattr_dump.is_empty() {
         let mut c = Command::new(&mkfs[0]);
         c.args(&mkfs[1..]).arg(out).arg(tree.rootfs);
         run("mkfs.erofs", "erofs-utils", &mut c)?;
@@ -112,6 +120,11 @@ pub fn write(tree: &Tree<'_>, out: &Path, opts: &ErofsOptions) -> Result<u64, Ex
         std::fs::write(&f, list).map_err(|e| ExportError::io("write", &f, e))?;
         script.push_str(&format!("xargs -0 -a '{}' chmod {:o}\n", f.display(), mode));
     }
+    if !xattr_dump.is_empty() {
+        let f = work.join("xattrs");
+        std::fs::write(&f, &xattr_dump).map_err(|e| ExportError::io("write", &f, e))?;
+        script.push_str(&format!("setfattr --restore='{}'\n", f.display()));
+    }
     script.push_str("exec \"$@\"\n");
     let sh = work.join("pass.sh");
     std::fs::File::create(&sh)
@@ -133,6 +146,30 @@ pub fn write(tree: &Tree<'_>, out: &Path, opts: &ErofsOptions) -> Result<u64, Ex
         .values()
         .map(|l| l.iter().filter(|&&b| b == 0).count() as u64)
         .sum())
+}
+
+/// Every recorded xattr in `getfattr --dump` form, for `setfattr
+/// --restore`: paths with octal escapes, values in hex.
+fn restore_format(tree: &Tree<'_>) -> String {
+    let mut out = String::new();
+    for (rel, xs) in &tree.meta.xattrs {
+        let path = tree.path(rel);
+        out.push_str("# file: ");
+        for &b in path.as_os_str().as_bytes() {
+            if b.is_ascii_alphanumeric() || b"/._-+".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\{b:03o}"));
+            }
+        }
+        out.push('\n');
+        for (k, v) in xs {
+            let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            out.push_str(&format!("{k}=0x{hex}\n"));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn tempdir_near(out: &Path) -> Result<std::path::PathBuf, ExportError> {

@@ -362,7 +362,9 @@ impl Unpacker {
             Entry::Kind(k) => k,
         };
         let h = read_header(e, kind)?;
+        let xattrs = h.xattrs.clone();
         if rel.is_empty() {
+            self.record_xattrs(&rel, xattrs);
             self.tree.entries.insert(Vec::new(), h.meta.clone());
             self.dirs.insert(
                 Vec::new(),
@@ -462,8 +464,18 @@ impl Unpacker {
             }
         }
         self.tree.entries.insert(rel.clone(), h.meta);
+        self.record_xattrs(&rel, xattrs);
         self.added.insert(rel);
         Ok(())
+    }
+
+    /// What the headers said, set or not (only root may set `security.*`).
+    fn record_xattrs(&mut self, rel: &[u8], xattrs: Vec<(String, Vec<u8>)>) {
+        if xattrs.is_empty() {
+            self.tree.xattrs.remove(rel);
+        } else {
+            self.tree.xattrs.insert(rel.to_vec(), xattrs);
+        }
     }
 
     fn create_file(&mut self, rel: &[u8]) -> Result<OwnedFd, UnpackError> {
@@ -555,6 +567,8 @@ impl Unpacker {
         if let Some(m) = tmeta {
             self.tree.entries.insert(rel.clone(), m);
         }
+        let x = self.tree.xattrs.get(&target).cloned().unwrap_or_default();
+        self.record_xattrs(&rel, x);
         self.added.insert(rel);
         Ok(())
     }

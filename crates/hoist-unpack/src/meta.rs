@@ -72,6 +72,9 @@ impl EntryMeta {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TreeMeta {
     pub entries: BTreeMap<Vec<u8>, EntryMeta>,
+    /// The xattrs the tar headers gave each path (whether or not the
+    /// unpack could set them: `security.*` and `trusted.*` need root).
+    pub xattrs: BTreeMap<Vec<u8>, Vec<(String, Vec<u8>)>>,
 }
 
 fn escape(p: &[u8]) -> String {
@@ -109,14 +112,16 @@ impl TreeMeta {
     /// Drop `rel` and everything below it.
     pub fn remove_tree(&mut self, rel: &[u8]) {
         crate::path::remove_under(&mut self.entries, rel);
+        crate::path::remove_under(&mut self.xattrs, rel);
     }
 
     /// One line per path, sorted: `PATH TYPE MODE UID GID MAJOR MINOR MTIME`
-    /// (mode in octal, path escaped as `\xNN` outside printable ASCII).
+    /// (mode in octal, path escaped as `\xNN` outside printable ASCII),
+    /// then one `+ PATH NAME HEXVALUE` line per xattr.
     pub fn write_to(&self, mut w: impl Write) -> io::Result<()> {
         writeln!(
             w,
-            "# hoist tree metadata v1: path type mode uid gid major minor mtime"
+            "# hoist tree metadata v2: path type mode uid gid major minor mtime; + path xattr-name hex-value"
         )?;
         for (p, m) in &self.entries {
             writeln!(
@@ -131,6 +136,12 @@ impl TreeMeta {
                 m.minor,
                 m.mtime
             )?;
+        }
+        for (p, xs) in &self.xattrs {
+            for (k, v) in xs {
+                let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+                writeln!(w, "+ {} {} {hex}", escape(p), escape(k.as_bytes()))?;
+            }
         }
         Ok(())
     }
@@ -149,6 +160,19 @@ impl TreeMeta {
                 continue;
             }
             let f: Vec<&str> = line.split(' ').collect();
+            if f.len() == 4 && f[0] == "+" {
+                let p = unescape(f[1]).ok_or_else(|| bad(&line))?;
+                let k = unescape(f[2])
+                    .and_then(|k| String::from_utf8(k).ok())
+                    .ok_or_else(|| bad(&line))?;
+                let v = (0..f[3].len() / 2)
+                    .map(|i| u8::from_str_radix(f[3].get(2 * i..2 * i + 2)?, 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+                    .filter(|_| f[3].len().is_multiple_of(2))
+                    .ok_or_else(|| bad(&line))?;
+                t.xattrs.entry(p).or_default().push((k, v));
+                continue;
+            }
             if f.len() != 8 {
                 return Err(bad(&line));
             }
@@ -188,6 +212,13 @@ mod tests {
             mtime: 946684800,
         };
         t.entries.insert(b"dev/n ull\\\xff".to_vec(), m.clone());
+        t.xattrs.insert(
+            b"dev/n ull\\\xff".to_vec(),
+            vec![
+                ("security.capability".into(), vec![1, 0, 0xff]),
+                ("user.a b".into(), vec![]),
+            ],
+        );
         t.entries.insert(
             Vec::new(),
             EntryMeta {

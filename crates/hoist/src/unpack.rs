@@ -326,12 +326,12 @@ impl Client {
     }
 
     /// The recorded tree metadata of an unpacked image, kept in the cache
-    /// beside its blobs: `.hoist/trees/<digest hex>.v1.txt`.
+    /// beside its blobs: `.hoist/trees/<digest hex>.v2.txt`.
     pub fn tree_metadata_path(&self, digest: &Digest) -> PathBuf {
         self.layout_path()
             .join(".hoist")
             .join("trees")
-            .join(format!("{}.v1.txt", digest.hex()))
+            .join(format!("{}.v2.txt", digest.hex()))
     }
 
     fn write_tree_meta(&self, digest: &Digest, tree: &TreeMeta) -> Result<PathBuf, Error> {

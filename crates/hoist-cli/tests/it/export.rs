@@ -308,6 +308,7 @@ fn exports_say_the_true_ownership_as_root_and_unprivileged() {
             .lines()
             .filter(|l| {
                 l.starts_with("Uid")
+                    || l.contains("Xattr size")
                     || l.contains("file")
                     || l.contains("device")
                     || l.contains("fifo")
@@ -324,6 +325,7 @@ fn exports_say_the_true_ownership_as_root_and_unprivileged() {
         "/dev/null",
         "/dev/sda",
         "/tmp/fifo",
+        "/usr/bin/ping-like",
     ] {
         let a = dump(&root_erofs, p);
         assert!(a.contains("Uid"), "{p}: {a}");
@@ -333,6 +335,12 @@ fn exports_say_the_true_ownership_as_root_and_unprivileged() {
             "{p}: root and unprivileged erofs differ"
         );
     }
+    // Both carry the capability and the comment (Xattr size 0 = none).
+    let ping = dump(&user_erofs, "/usr/bin/ping-like");
+    assert!(
+        ping.contains("Xattr size: ") && !ping.contains("Xattr size: 0"),
+        "{ping}"
+    );
     assert!(
         dump(&root_erofs, "/etc/shadow").contains("Uid: 0   Gid: 42  Access: 0640"),
         "{}",

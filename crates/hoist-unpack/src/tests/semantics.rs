@@ -310,6 +310,41 @@ fn user_xattrs_are_set_and_empty_ones_skipped() {
     assert_eq!(get("d", "user.dir").as_deref(), Some(&b"d"[..]));
 }
 
+/// Rootless, `security.capability` cannot be set, but the tree metadata
+/// keeps it (and every other xattr) for the disk exporters.
+#[test]
+fn xattrs_are_recorded_even_when_they_cannot_be_set() {
+    let t = tempfile::tempdir().unwrap();
+    let cap: &[u8] = &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let l = Tar::new()
+        .add(E {
+            pax: vec![
+                ("SCHILY.xattr.security.capability", cap),
+                ("SCHILY.xattr.user.comment", b"hi"),
+            ],
+            ..file("ping", b"x")
+        })
+        .add(hardlink("ping2", "ping"))
+        .add(E {
+            pax: vec![("SCHILY.xattr.user.gone", b"1")],
+            ..file("old", b"x")
+        })
+        .finish();
+    let l2 = Tar::new().add(file("old", b"new, no xattrs")).finish();
+    let (_root, res) = apply(t.path(), &[l, l2], Ownership::Caller);
+    let meta = res.unwrap();
+    let want = vec![
+        ("security.capability".to_string(), cap.to_vec()),
+        ("user.comment".to_string(), b"hi".to_vec()),
+    ];
+    assert_eq!(meta.xattrs.get(&b"ping"[..]), Some(&want));
+    assert_eq!(meta.xattrs.get(&b"ping2"[..]), Some(&want));
+    assert_eq!(meta.xattrs.get(&b"old"[..]), None);
+    let mut out = Vec::new();
+    meta.write_to(&mut out).unwrap();
+    assert_eq!(crate::TreeMeta::read_from(&out[..]).unwrap(), meta);
+}
+
 #[test]
 fn fifos_and_devices_with_true_numbers_recorded() {
     let t = tempfile::tempdir().unwrap();
