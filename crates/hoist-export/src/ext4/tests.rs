@@ -203,7 +203,7 @@ fn sample() -> Vec<Vec<u8>> {
 
 /// user::rw- user:1000:r-- group::r-- mask::r-- other::--- in the kernel's
 /// xattr form, as GNU tar stores it.
-fn acl() -> Vec<u8> {
+pub(crate) fn acl() -> Vec<u8> {
     let mut v = 2u32.to_le_bytes().to_vec();
     for (tag, perm, id) in [
         (1u16, 6u16, u32::MAX),

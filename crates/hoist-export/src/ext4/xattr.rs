@@ -205,19 +205,7 @@ mod tests {
 
     #[test]
     fn acls_are_stored_in_the_short_disk_form() {
-        // user::rw- user:1000:r-- group::r-- mask::r-- other::---
-        let mut v = 2u32.to_le_bytes().to_vec();
-        for (tag, perm, id) in [
-            (1u16, 6u16, u32::MAX),
-            (2, 4, 1000),
-            (4, 4, u32::MAX),
-            (0x10, 4, u32::MAX),
-            (0x20, 0, u32::MAX),
-        ] {
-            v.extend_from_slice(&tag.to_le_bytes());
-            v.extend_from_slice(&perm.to_le_bytes());
-            v.extend_from_slice(&id.to_le_bytes());
-        }
+        let v = crate::ext4::tests::acl();
         let d = acl_to_disk(&v).unwrap();
         assert_eq!(d.len(), 4 + 4 + 8 + 4 + 4 + 4);
         assert_eq!(&d[..4], &1u32.to_le_bytes());
