@@ -231,4 +231,11 @@ fn sigkill_during_export_never_leaves_a_partial_image() {
     f.set(|p| p.chunk_delay = Duration::ZERO);
     h.ok(&["-q", "export", &r, "-o", out.to_str().unwrap()]);
     assert!(fsck_ok(&out));
+    // The next export to the same file removes what the killed ones left.
+    let leftovers: Vec<_> = std::fs::read_dir(h.home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".hoist-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
