@@ -98,47 +98,6 @@ fn sibling(out: &Path, what: &str) -> PathBuf {
     ))
 }
 
-/// Remove what killed exports to `out` left beside it: temp images and
-/// temp trees named by `sibling` whose process is gone.
-fn remove_stale_siblings(out: &Path) {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let Some(name) = out.file_name().map(|n| n.to_string_lossy().to_string()) else {
-        return;
-    };
-    let Ok(entries) = std::fs::read_dir(&parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let file = e.file_name().to_string_lossy().to_string();
-        let Some(rest) = file.strip_prefix(&format!(".{name}.hoist-")) else {
-            continue;
-        };
-        let Some((what, rest)) = rest.split_once('-') else {
-            continue;
-        };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        let Some(pid) = pid.filter(|_| what == "tmp" || what == "rootfs") else {
-            continue;
-        };
-        if Path::new("/proc").join(pid.to_string()).exists() {
-            continue; // a running export's
-        }
-        let path = e.path();
-        let r = if what == "rootfs" {
-            hoist_unpack::remove_tree(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        match r {
-            Ok(()) => tracing::info!("removed {} (left by a killed export)", path.display()),
-            Err(err) => tracing::warn!("could not remove {}: {err}", path.display()),
-        }
-    }
-}
-
 impl Client {
     /// Pull (through the cache) as needed, then write a disk image of the
     /// image's root filesystem to `out` (atomically) with the image's true
@@ -150,7 +109,7 @@ impl Client {
         out: &Path,
         opts: &ExportOptions,
     ) -> Result<Exported, Error> {
-        remove_stale_siblings(out);
+        crate::stale::remove_stale_siblings(out);
         let tmp = sibling(out, "tmp");
         let made = match opts.format {
             Format::Ext4 => self.export_ext4(src, &tmp, opts),

@@ -5,6 +5,7 @@ mod error;
 mod export;
 mod progress;
 mod source;
+mod stale;
 mod unpack;
 
 pub use client::{default_cache_dir, Client, ClientOptions, ImageSummary, Inspection, Pulled};

@@ -238,6 +238,7 @@ impl Client {
     ) -> Result<Unpacked, Error> {
         let what = src.to_string();
         let existed = check_target(dir)?;
+        crate::stale::remove_stale_siblings(dir);
         let ownership = opts
             .ownership
             .unwrap_or_else(Ownership::default_for_process);

@@ -239,3 +239,39 @@ fn sigkill_during_export_never_leaves_a_partial_image() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// An unpack killed at any point leaves no DIR (it appears only by rename
+/// once complete), and the next unpack into it removes the killed ones'
+/// temp trees.
+#[test]
+fn sigkill_during_unpack_leaves_no_dir_and_the_next_unpack_cleans_up() {
+    let f = FaultRegistry::start();
+    let img = sample_image(62, 2 << 10);
+    f.add_image("v1", &img);
+    f.set(|p| p.chunk_delay = Duration::from_millis(3));
+    let r = format!("{}/crash/unpack:v1", f.host());
+    let h = Hoist::new();
+    let dir = h.home.path().join("rootfs");
+    for ms in [0u64, 40, 120, 250, 500, 800] {
+        let mut child = h
+            .cmd()
+            .args(["-q", "unpack", &r])
+            .arg(&dir)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap(); // completed before the kill
+        }
+    }
+    f.set(|p| p.chunk_delay = Duration::ZERO);
+    h.ok(&["-q", "unpack", &r, dir.to_str().unwrap()]);
+    let leftovers: Vec<_> = std::fs::read_dir(h.home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".hoist-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
