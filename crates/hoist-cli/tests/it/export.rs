@@ -384,12 +384,8 @@ fn ext4_is_deterministic_and_a_too_small_size_is_a_clear_error() {
         !h.home.path().join("c.ext4").exists(),
         "a failed export left its output"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(h.home.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.contains(".hoist-"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let left = crate::harness::hoist_leftovers(h.home.path());
+    assert!(left.is_empty(), "a failed export left {left:?}");
     let gz = h.home.path().join("x.cpio.gz");
     h.ok(&[
         "export",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::harness::faults::FaultRegistry;
 use crate::harness::http::{serve, Request};
 use crate::harness::image::{self, Builder};
-use crate::harness::{registries, sample_image, unique_repo, Hoist};
+use crate::harness::{hoist_leftovers, registries, sample_image, unique_repo, Hoist};
 
 #[test]
 fn sigkill_at_any_point_leaves_a_cache_a_later_pull_completes() {
@@ -191,15 +191,33 @@ fn http_proxy_and_no_proxy_are_honoured() {
     );
 }
 
+/// `hoist ARGS` against a registry slowed enough that the kills land
+/// mid-pull and later, killed at a series of moments; `after` looks at
+/// what each kill left.
+fn kill_at_moments(h: &Hoist, args: &[&std::ffi::OsStr], mut after: impl FnMut(u64)) {
+    for ms in [0u64, 40, 120, 250, 500, 800] {
+        let mut child = h.cmd().args(args).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        after(ms);
+    }
+}
+
+/// A slowed registry holding one small image; returns its reference.
+fn slow_image(f: &FaultRegistry, seed: u64, repo: &str) -> String {
+    f.add_image("v1", &sample_image(seed, 2 << 10));
+    f.set(|p| p.chunk_delay = Duration::from_millis(3));
+    format!("{}/crash/{repo}:v1", f.host())
+}
+
 /// An export killed at any point leaves no image, or a whole one: the
 /// output appears only by rename, after the image is complete and synced.
+/// The next export to the same file removes what the killed ones left.
 #[test]
 fn sigkill_during_export_never_leaves_a_partial_image() {
     let f = FaultRegistry::start();
-    let img = sample_image(61, 2 << 10);
-    f.add_image("v1", &img);
-    f.set(|p| p.chunk_delay = Duration::from_millis(3));
-    let r = format!("{}/crash/export:v1", f.host());
+    let r = slow_image(&f, 61, "export");
     let h = Hoist::new();
     let out = h.home.path().join("disk.ext4");
     let fsck_ok = |p: &std::path::Path| {
@@ -210,16 +228,14 @@ fn sigkill_during_export_never_leaves_a_partial_image() {
             .map(|o| o.status.success())
             .unwrap_or(true) // e2fsck missing: the export tests say so
     };
-    for ms in [0u64, 40, 120, 250, 500, 800] {
-        let mut child = h
-            .cmd()
-            .args(["-q", "export", &r, "-o"])
-            .arg(&out)
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(ms));
-        let _ = child.kill();
-        let _ = child.wait();
+    let args = [
+        "-q".as_ref(),
+        "export".as_ref(),
+        r.as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ];
+    kill_at_moments(&h, &args, |ms| {
         if out.exists() {
             assert!(
                 fsck_ok(&out),
@@ -227,17 +243,12 @@ fn sigkill_during_export_never_leaves_a_partial_image() {
             );
             std::fs::remove_file(&out).unwrap();
         }
-    }
+    });
     f.set(|p| p.chunk_delay = Duration::ZERO);
     h.ok(&["-q", "export", &r, "-o", out.to_str().unwrap()]);
     assert!(fsck_ok(&out));
-    // The next export to the same file removes what the killed ones left.
-    let leftovers: Vec<_> = std::fs::read_dir(h.home.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.contains(".hoist-"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let left = hoist_leftovers(h.home.path());
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// An unpack killed at any point leaves no DIR (it appears only by rename
@@ -246,32 +257,22 @@ fn sigkill_during_export_never_leaves_a_partial_image() {
 #[test]
 fn sigkill_during_unpack_leaves_no_dir_and_the_next_unpack_cleans_up() {
     let f = FaultRegistry::start();
-    let img = sample_image(62, 2 << 10);
-    f.add_image("v1", &img);
-    f.set(|p| p.chunk_delay = Duration::from_millis(3));
-    let r = format!("{}/crash/unpack:v1", f.host());
+    let r = slow_image(&f, 62, "unpack");
     let h = Hoist::new();
     let dir = h.home.path().join("rootfs");
-    for ms in [0u64, 40, 120, 250, 500, 800] {
-        let mut child = h
-            .cmd()
-            .args(["-q", "unpack", &r])
-            .arg(&dir)
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(ms));
-        let _ = child.kill();
-        let _ = child.wait();
+    let args = [
+        "-q".as_ref(),
+        "unpack".as_ref(),
+        r.as_ref(),
+        dir.as_os_str(),
+    ];
+    kill_at_moments(&h, &args, |_| {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).unwrap(); // completed before the kill
         }
-    }
+    });
     f.set(|p| p.chunk_delay = Duration::ZERO);
     h.ok(&["-q", "unpack", &r, dir.to_str().unwrap()]);
-    let leftovers: Vec<_> = std::fs::read_dir(h.home.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.contains(".hoist-"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let left = hoist_leftovers(h.home.path());
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -159,3 +159,12 @@ pub fn sample_image(seed: u64, layer_kib: usize) -> image::Image {
         .layer(&[("etc/seed", c.as_bytes())])
         .build()
 }
+
+/// hoist's temp files and trees (`.NAME.hoist-…`) left in `dir`.
+pub fn hoist_leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".hoist-"))
+        .collect()
+}
