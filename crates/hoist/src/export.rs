@@ -82,22 +82,6 @@ fn uuid_of(d: &Digest) -> String {
     )
 }
 
-fn sibling(out: &Path, what: &str) -> PathBuf {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    parent.join(format!(
-        ".{name}.hoist-{what}-{}-{:x}",
-        std::process::id(),
-        fastrand::u32(..)
-    ))
-}
-
 impl Client {
     /// Pull (through the cache) as needed, then write a disk image of the
     /// image's root filesystem to `out` (atomically) with the image's true
@@ -110,7 +94,8 @@ impl Client {
         opts: &ExportOptions,
     ) -> Result<Exported, Error> {
         crate::stale::remove_stale_siblings(out);
-        let tmp = sibling(out, "tmp");
+        let tmp = crate::stale::temp_beside(out, Some("tmp"))
+            .ok_or_else(|| self.io_err(out, std::io::ErrorKind::InvalidInput.into()))?;
         let made = match opts.format {
             Format::Ext4 => self.export_ext4(src, &tmp, opts),
             _ => self.export_from_tree(src, out, &tmp, opts),
@@ -222,7 +207,8 @@ impl Client {
         tmp: &Path,
         opts: &ExportOptions,
     ) -> Result<Made, Error> {
-        let rootfs = sibling(out, "rootfs");
+        let rootfs = crate::stale::temp_beside(out, Some("rootfs"))
+            .ok_or_else(|| self.io_err(out, std::io::ErrorKind::InvalidInput.into()))?;
         let u = self.unpack(
             src,
             &rootfs,

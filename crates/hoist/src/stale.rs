@@ -20,11 +20,28 @@ fn parse(rest: &str) -> Option<(u32, bool)> {
     }
 }
 
-pub(crate) fn remove_stale_siblings(target: &Path) {
-    let parent = match target.parent() {
+fn parent_of(target: &Path) -> PathBuf {
+    match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    };
+    }
+}
+
+/// Where a run builds what it renames onto `target` at the end:
+/// `.NAME.hoist-[KIND-]PID-RAND` beside it (`parse` reads these names
+/// back). `None` if `target` names no file.
+pub(crate) fn temp_beside(target: &Path, kind: Option<&str>) -> Option<PathBuf> {
+    let name = target.file_name()?.to_string_lossy().to_string();
+    let kind = kind.map(|k| format!("{k}-")).unwrap_or_default();
+    Some(parent_of(target).join(format!(
+        ".{name}.hoist-{kind}{}-{:x}",
+        std::process::id(),
+        fastrand::u32(..)
+    )))
+}
+
+pub(crate) fn remove_stale_siblings(target: &Path) {
+    let parent = parent_of(target);
     let Some(name) = target.file_name().map(|n| n.to_string_lossy().to_string()) else {
         return;
     };
@@ -69,5 +86,15 @@ mod tests {
         assert_eq!(super::parse("other-9-0"), None);
         assert_eq!(super::parse("tmp-x-0"), None);
         assert_eq!(super::parse("rootfs-9-0.hoist-9-1"), Some((9, true)));
+        // What temp_beside makes, parse reads back.
+        let me = std::process::id();
+        for (kind, tree) in [(None, true), (Some("tmp"), false), (Some("rootfs"), true)] {
+            let p = super::temp_beside(std::path::Path::new("/x/out"), kind).unwrap();
+            let n = p.file_name().unwrap().to_str().unwrap();
+            assert_eq!(
+                super::parse(n.strip_prefix(".out.hoist-").unwrap()),
+                Some((me, tree))
+            );
+        }
     }
 }

@@ -242,20 +242,8 @@ impl Client {
         let ownership = opts
             .ownership
             .unwrap_or_else(Ownership::default_for_process);
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = dir
-            .file_name()
-            .ok_or_else(|| target_err(dir, "names no directory"))?
-            .to_string_lossy()
-            .to_string();
-        let tmp = parent.join(format!(
-            ".{name}.hoist-{}-{:x}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
+        let tmp = crate::stale::temp_beside(dir, None)
+            .ok_or_else(|| target_err(dir, "names no directory"))?;
         // The pull runs on its own thread and reports each layer as it is
         // verified; layers are applied in order as soon as they are there.
         let mut unpacker: Option<Unpacker> = None;
