@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hoist_spec::{media, Digest, Reference};
+use hoist_spec::{media, Cancel, Digest, Reference};
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE};
 
@@ -37,6 +37,9 @@ pub struct RegistryOptions {
     /// A read that stalls this long fails (and is retried).
     pub stall_timeout: Duration,
     pub user_agent: String,
+    /// Refuse link-local and cloud-metadata addresses wherever they appear
+    /// (the name, its resolution, a redirect). The service sets this.
+    pub refuse_link_local: bool,
 }
 
 impl Default for RegistryOptions {
@@ -51,6 +54,7 @@ impl Default for RegistryOptions {
             max_manifest_size: DEFAULT_MAX_MANIFEST_SIZE,
             stall_timeout: Duration::from_secs(30),
             user_agent: concat!("hoist/", env!("CARGO_PKG_VERSION")).to_string(),
+            refuse_link_local: false,
         }
     }
 }
@@ -70,6 +74,26 @@ pub trait BlobSink: Write {
     fn reset(&mut self) -> io::Result<()>;
 }
 
+/// What one call carries besides its arguments: a cancellation token
+/// (checked in retry sleeps and the blob read loop) and credentials that
+/// win over every configured source for this call only.
+#[derive(Clone, Default)]
+pub struct Call {
+    pub cancel: Cancel,
+    pub credentials: Option<Credentials>,
+}
+
+impl Call {
+    /// Who the tokens fetched for this call belong to: they are cached per
+    /// identity, so one caller's token never serves another's call.
+    fn identity(&self) -> String {
+        self.credentials
+            .as_ref()
+            .map(|c| c.username.clone())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone)]
 enum HostAuth {
     Basic,
@@ -83,7 +107,7 @@ enum HostAuth {
 struct State {
     plain_http: HashSet<String>,
     auth: HashMap<String, HostAuth>,
-    tokens: HashMap<(String, String), Token>,
+    tokens: HashMap<(String, String, String), Token>,
     creds: HashMap<String, Option<Credentials>>,
 }
 
@@ -142,6 +166,11 @@ impl RegistryClient {
                 .timeout(opts.stall_timeout)
                 .connect_timeout(Duration::from_secs(15))
                 .pool_max_idle_per_host(16);
+            if opts.refuse_link_local {
+                b = b
+                    .dns_resolver(crate::guard::resolver())
+                    .redirect(crate::guard::redirect_policy());
+            }
             for pem in &opts.ca_certs_pem {
                 let certs = reqwest::Certificate::from_pem_bundle(pem)
                     .map_err(|e| RegistryError::Tls(format!("bad CA certificate: {e}")))?;
@@ -183,7 +212,14 @@ impl RegistryClient {
         }
     }
 
-    fn credentials(&self, registry: &str) -> Result<Option<Credentials>, RegistryError> {
+    fn credentials(
+        &self,
+        registry: &str,
+        call: &Call,
+    ) -> Result<Option<Credentials>, RegistryError> {
+        if let Some(c) = &call.credentials {
+            return Ok(Some(c.clone()));
+        }
         if let Some(c) = &self.opts.credentials {
             return Ok(Some(c.clone()));
         }
@@ -203,10 +239,19 @@ impl RegistryClient {
         attempt < self.opts.retry.max_attempts && started.elapsed() < self.opts.retry.max_elapsed
     }
 
-    fn pause(&self, attempt: u32, why: &str) {
+    /// The back-off before another attempt; a cancelled call stops here.
+    fn pause(
+        &self,
+        call: &Call,
+        ctx: &ErrorContext,
+        attempt: u32,
+        why: &str,
+    ) -> Result<(), RegistryError> {
         let d = self.opts.retry.backoff(attempt);
         tracing::debug!("retrying in {d:?} after {why}");
-        std::thread::sleep(d);
+        call.cancel
+            .sleep(d)
+            .map_err(|_| RegistryError::Cancelled { ctx: ctx.clone() })
     }
 
     /// The Authorization header for this host and scope, fetching a token
@@ -216,21 +261,25 @@ impl RegistryClient {
         r: &Reference,
         scope: &str,
         ctx: &ErrorContext,
+        call: &Call,
         started: Instant,
     ) -> Result<Option<String>, RegistryError> {
         let host = r.api_host();
         let mode = self.state.lock().expect("lock").auth.get(host).cloned();
         match mode {
             None => Ok(None),
-            Some(HostAuth::Basic) => Ok(self.credentials(r.registry())?.map(|c| c.basic_header())),
+            Some(HostAuth::Basic) => Ok(self
+                .credentials(r.registry(), call)?
+                .map(|c| c.basic_header())),
             Some(HostAuth::Bearer { realm, service }) => {
-                let key = (host.to_string(), scope.to_string());
+                let key = (host.to_string(), scope.to_string(), call.identity());
                 if let Some(t) = self.state.lock().expect("lock").tokens.get(&key) {
                     if t.is_fresh() {
                         return Ok(Some(format!("Bearer {}", t.value)));
                     }
                 }
-                let t = self.fetch_token(r, &realm, service.as_deref(), scope, ctx, started)?;
+                let t =
+                    self.fetch_token(r, (&realm, service.as_deref()), scope, ctx, call, started)?;
                 let h = format!("Bearer {}", t.value);
                 self.state.lock().expect("lock").tokens.insert(key, t);
                 Ok(Some(h))
@@ -241,10 +290,10 @@ impl RegistryClient {
     fn fetch_token(
         &self,
         r: &Reference,
-        realm: &str,
-        service: Option<&str>,
+        (realm, service): (&str, Option<&str>),
         scope: &str,
         ctx: &ErrorContext,
+        call: &Call,
         started: Instant,
     ) -> Result<Token, RegistryError> {
         let mut url = url::Url::parse(realm).map_err(|e| RegistryError::Protocol {
@@ -263,7 +312,7 @@ impl RegistryClient {
             Some(p) => format!("{realm_host}:{p}"),
             None => realm_host,
         };
-        let creds = self.credentials(r.registry())?;
+        let creds = self.credentials(r.registry(), call)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -274,7 +323,7 @@ impl RegistryClient {
             let resp = match req.send() {
                 Ok(resp) => resp,
                 Err(e) if self.can_retry(attempt, started) => {
-                    self.pause(attempt, &describe(&e));
+                    self.pause(call, ctx, attempt, &describe(&e))?;
                     continue;
                 }
                 Err(e) => {
@@ -286,7 +335,7 @@ impl RegistryClient {
             };
             let status = resp.status().as_u16();
             if matches!(status, 408 | 500 | 502 | 503 | 504) && self.can_retry(attempt, started) {
-                self.pause(attempt, &format!("token endpoint HTTP {status}"));
+                self.pause(call, ctx, attempt, &format!("token endpoint HTTP {status}"))?;
                 continue;
             }
             let ra = retry_after(&resp);
@@ -314,6 +363,7 @@ impl RegistryClient {
         r: &Reference,
         resp: &Response,
         ctx: &ErrorContext,
+        call: &Call,
     ) -> Result<bool, RegistryError> {
         let challenge = resp
             .headers()
@@ -323,7 +373,7 @@ impl RegistryClient {
             .find_map(parse_challenge);
         let mode = match challenge {
             Some(Challenge::Basic) => {
-                if self.credentials(r.registry())?.is_none() {
+                if self.credentials(r.registry(), call)?.is_none() {
                     return Ok(false);
                 }
                 HostAuth::Basic
@@ -333,7 +383,7 @@ impl RegistryClient {
         };
         let mut st = self.state.lock().expect("lock");
         st.auth.insert(r.api_host().to_string(), mode);
-        st.tokens.retain(|(h, _), _| h != r.api_host());
+        st.tokens.retain(|(h, _, _), _| h != r.api_host());
         drop(st);
         let _ = ctx;
         Ok(true)
@@ -347,9 +397,20 @@ impl RegistryClient {
         ctx: &ErrorContext,
         path: &str,
         headers: &HeaderMap,
+        call: &Call,
         started: Instant,
     ) -> Result<Response, RegistryError> {
         let host = r.api_host();
+        if self.opts.refuse_link_local {
+            if let Some(ip) =
+                crate::guard::literal_ip(host).filter(|ip| crate::guard::is_refused_ip(*ip))
+            {
+                return Err(RegistryError::AddressRefused {
+                    ctx: ctx.clone(),
+                    address: ip.to_string(),
+                });
+            }
+        }
         let scope = format!("repository:{}:pull", r.repository());
         let mut attempt = 0u32;
         let mut reauthed = false;
@@ -358,11 +419,14 @@ impl RegistryClient {
         let mut https_error: Option<String> = None;
         loop {
             attempt += 1;
+            if call.cancel.is_cancelled() {
+                return Err(RegistryError::Cancelled { ctx: ctx.clone() });
+            }
             let plain = self.state.lock().expect("lock").plain_http.contains(host);
             let scheme = if plain { "http" } else { "https" };
             let url = format!("{scheme}://{host}/v2/{}/{path}", r.repository());
             let mut req = self.client_for(host).get(&url).headers(headers.clone());
-            if let Some(h) = self.auth_header(r, &scope, ctx, started)? {
+            if let Some(h) = self.auth_header(r, &scope, ctx, call, started)? {
                 let mut v = HeaderValue::from_str(&h).map_err(|_| RegistryError::Protocol {
                     ctx: ctx.clone(),
                     message: "credentials hold characters not allowed in a header".into(),
@@ -374,10 +438,16 @@ impl RegistryClient {
             let resp = match req.send() {
                 Ok(resp) => resp,
                 Err(e) => {
+                    if let Some(address) = crate::guard::find_refused(&e) {
+                        return Err(RegistryError::AddressRefused {
+                            ctx: ctx.clone(),
+                            address,
+                        });
+                    }
                     if let Some(first) = https_error.take() {
                         self.state.lock().expect("lock").plain_http.remove(host);
                         if self.can_retry(attempt, started) {
-                            self.pause(attempt, &first);
+                            self.pause(call, ctx, attempt, &first)?;
                             continue;
                         }
                         return Err(RegistryError::Transport {
@@ -400,7 +470,7 @@ impl RegistryClient {
                         continue;
                     }
                     if self.can_retry(attempt, started) {
-                        self.pause(attempt, &describe(&e));
+                        self.pause(call, ctx, attempt, &describe(&e))?;
                         continue;
                     }
                     return Err(RegistryError::Transport {
@@ -424,7 +494,7 @@ impl RegistryClient {
                 200..=299 => return Ok(resp),
                 401 if !reauthed => {
                     reauthed = true;
-                    if self.learn_auth(r, &resp, ctx)? {
+                    if self.learn_auth(r, &resp, ctx, call)? {
                         attempt -= 1;
                         continue;
                     }
@@ -437,7 +507,9 @@ impl RegistryClient {
                             tracing::info!(
                                 "rate limited by {host}; waiting {wait:?} (Retry-After)"
                             );
-                            std::thread::sleep(wait);
+                            call.cancel
+                                .sleep(wait)
+                                .map_err(|_| RegistryError::Cancelled { ctx: ctx.clone() })?;
                             continue;
                         }
                         return Err(RegistryError::RateLimited {
@@ -448,7 +520,7 @@ impl RegistryClient {
                     }
                 }
                 408 | 500 | 502 | 503 | 504 if self.can_retry(attempt, started) => {
-                    self.pause(attempt, &format!("HTTP {status}"));
+                    self.pause(call, ctx, attempt, &format!("HTTP {status}"))?;
                     continue;
                 }
                 _ => {}
@@ -467,7 +539,12 @@ impl RegistryClient {
 
     /// Fetch a manifest or index by tag or digest, verified, never buffering
     /// more than the size limit.
-    pub fn get_manifest(&self, r: &Reference, target: &str) -> Result<RawManifest, RegistryError> {
+    pub fn get_manifest(
+        &self,
+        r: &Reference,
+        target: &str,
+        call: &Call,
+    ) -> Result<RawManifest, RegistryError> {
         let ctx = ctx_of(r, target);
         let limit = self.opts.max_manifest_size;
         let mut headers = HeaderMap::new();
@@ -476,7 +553,14 @@ impl RegistryClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let resp = self.send(r, &ctx, &format!("manifests/{target}"), &headers, started)?;
+            let resp = self.send(
+                r,
+                &ctx,
+                &format!("manifests/{target}"),
+                &headers,
+                call,
+                started,
+            )?;
             if let Some(len) = resp.content_length().filter(|&l| l > limit) {
                 return Err(RegistryError::TooLarge {
                     ctx,
@@ -498,7 +582,7 @@ impl RegistryClient {
             let mut bytes = Vec::new();
             if let Err(e) = resp.take(limit + 1).read_to_end(&mut bytes) {
                 if self.can_retry(attempt, started) {
-                    self.pause(attempt, &e.to_string());
+                    self.pause(call, &ctx, attempt, &e.to_string())?;
                     continue;
                 }
                 return Err(RegistryError::Transport {
@@ -553,6 +637,7 @@ impl RegistryClient {
         digest: &Digest,
         size: u64,
         sink: &mut dyn BlobSink,
+        call: &Call,
     ) -> Result<(), RegistryError> {
         let ctx = ctx_of(r, &digest.to_string());
         let path = format!("blobs/{digest}");
@@ -569,7 +654,7 @@ impl RegistryClient {
                     HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"),
                 );
             }
-            let mut resp = self.send(r, &ctx, &path, &headers, started)?;
+            let mut resp = self.send(r, &ctx, &path, &headers, call, started)?;
             if offset > 0 {
                 let resumed = resp.status().as_u16() == 206
                     && resp
@@ -601,6 +686,9 @@ impl RegistryClient {
             }
             let mut broken = None;
             loop {
+                if call.cancel.is_cancelled() {
+                    return Err(RegistryError::Cancelled { ctx });
+                }
                 let remaining = size - sink.written();
                 // One byte past the declared size is enough to know a server
                 // is sending too much; nothing more is read.
@@ -636,7 +724,7 @@ impl RegistryClient {
                 format!("connection closed after {} of {size} bytes", sink.written())
             });
             if self.can_retry(attempt, started) {
-                self.pause(attempt, &why);
+                self.pause(call, &ctx, attempt, &why)?;
                 continue;
             }
             if sink.written() < size {

@@ -128,6 +128,12 @@ pub enum RegistryError {
     },
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("{ctx}: cancelled")]
+    Cancelled { ctx: ErrorContext },
+    /// A link-local or cloud-metadata address, named, resolved or reached
+    /// by a redirect, while such addresses are refused.
+    #[error("{ctx}: {address} is a link-local or metadata address, which this client refuses")]
+    AddressRefused { ctx: ErrorContext, address: String },
 }
 
 fn retry_after_text(d: &Option<Duration>) -> String {
@@ -144,6 +150,10 @@ pub enum ErrorKind {
     Auth,
     RateLimited,
     Integrity,
+    /// The registry could not be reached, or answered 5xx.
+    Unavailable,
+    Cancelled,
+    NotAllowed,
     Other,
 }
 
@@ -158,6 +168,10 @@ impl RegistryError {
             RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
                 ErrorKind::Integrity
             }
+            RegistryError::Transport { .. } => ErrorKind::Unavailable,
+            RegistryError::Status { status, .. } if *status >= 500 => ErrorKind::Unavailable,
+            RegistryError::Cancelled { .. } => ErrorKind::Cancelled,
+            RegistryError::AddressRefused { .. } => ErrorKind::NotAllowed,
             _ => ErrorKind::Other,
         }
     }

@@ -10,11 +10,13 @@ mod auth;
 mod client;
 mod creds;
 mod error;
+mod guard;
 mod retry;
 
 pub use client::{
-    BlobSink, RawManifest, RegistryClient, RegistryOptions, DEFAULT_MAX_MANIFEST_SIZE,
+    BlobSink, Call, RawManifest, RegistryClient, RegistryOptions, DEFAULT_MAX_MANIFEST_SIZE,
 };
 pub use creds::{CredentialSources, Credentials};
 pub use error::{ErrorContext, ErrorKind, RegistryError, RegistryMessage};
+pub use guard::{is_refused_ip, literal_ip};
 pub use retry::RetryPolicy;

@@ -3,6 +3,7 @@
 //! Everything that crosses a crate boundary is parsed once into a newtype
 //! ([`Reference`], [`Digest`], [`Platform`]) and never passed around as `&str`.
 
+pub mod cancel;
 pub mod digest;
 pub mod error;
 pub mod manifest;
@@ -11,6 +12,7 @@ pub mod metadata;
 pub mod platform;
 pub mod reference;
 
+pub use cancel::{Cancel, Cancelled};
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::SpecError;
 pub use manifest::{Descriptor, ImageIndex, ImageManifest, Layer, Manifest};

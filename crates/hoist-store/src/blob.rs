@@ -1,24 +1,22 @@
 //! Verified blob writes: stream into a temp file while hashing, then commit
 //! by rename only if the size and digest match (umoci's rule).
 
-use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::path::PathBuf;
 
 use hoist_spec::{Digest, Hasher};
 
 use crate::error::StoreError;
+use crate::temp::TempFile;
 
 /// A blob being written. Dropping it without `commit` removes the temp file.
 pub struct BlobWriter {
-    file: File,
-    tmp: PathBuf,
+    file: TempFile,
     dest: PathBuf,
     hasher: Hasher,
     written: u64,
     expected: Digest,
     size: u64,
-    done: bool,
 }
 
 impl BlobWriter {
@@ -28,16 +26,14 @@ impl BlobWriter {
         expected: Digest,
         size: u64,
     ) -> Result<BlobWriter, StoreError> {
-        let file = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+        let file = TempFile::create(tmp.clone()).map_err(StoreError::io(&tmp))?;
         Ok(BlobWriter {
             file,
-            tmp,
             dest,
             hasher: Hasher::new(expected.algorithm()),
             written: 0,
             expected,
             size,
-            done: false,
         })
     }
 
@@ -52,14 +48,14 @@ impl BlobWriter {
 
     /// Start over (a resume that the server answered from byte 0).
     pub fn reset(&mut self) -> io::Result<()> {
-        self.file.set_len(0)?;
-        self.file.rewind()?;
+        self.file.file().set_len(0)?;
+        self.file.file().rewind()?;
         self.hasher = Hasher::new(self.expected.algorithm());
         self.written = 0;
         Ok(())
     }
 
-    /// Verify size and digest, then rename into place.
+    /// Verify size and digest, then fsync and rename into place.
     pub fn commit(mut self) -> Result<(), StoreError> {
         if self.written != self.size {
             return Err(StoreError::SizeMismatch {
@@ -76,10 +72,8 @@ impl BlobWriter {
                 actual,
             });
         }
-        self.file.flush().map_err(StoreError::io(&self.tmp))?;
-        std::fs::rename(&self.tmp, &self.dest).map_err(StoreError::io(&self.dest))?;
-        self.done = true;
-        Ok(())
+        let dest = self.dest.clone();
+        self.file.persist(&dest).map_err(StoreError::io(&dest))
     }
 }
 
@@ -96,20 +90,12 @@ impl Write for BlobWriter {
                 ),
             ));
         }
-        self.file.write_all(buf)?;
+        self.file.file().write_all(buf)?;
         self.hasher.update(buf);
         self.written += buf.len() as u64;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Drop for BlobWriter {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        self.file.file().flush()
     }
 }

@@ -68,10 +68,7 @@ pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError>
     if let Ok(entries) = std::fs::read_dir(&tmp) {
         for entry in entries.flatten() {
             let path = entry.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let pid = name.rsplit('.').nth(2).and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| PathBuf::from(format!("/proc/{p}")).exists());
-            if !alive {
+            if crate::temp::owner_is_gone(&path) {
                 r.stale_temp_files.push(path);
             }
         }

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 
 use hoist_spec::{media, Digest, Platform};
@@ -66,7 +65,7 @@ impl IndexEntry {
             })
             .unwrap_or_default()
     }
-    fn set_names(&mut self, names: &[String]) {
+    pub(crate) fn set_names(&mut self, names: &[String]) {
         if names.is_empty() {
             self.annotations.remove(NAMES);
         } else {
@@ -143,31 +142,40 @@ pub(crate) fn add(idx: &mut IndexFile, new: &NewImage) {
     }
 }
 
-/// Run `f` on index.json under the store's exclusive lock, then replace the
-/// file atomically (write a temp file, rename over).
-pub(crate) fn update<T>(root: &Path, f: impl FnOnce(&mut IndexFile) -> T) -> Result<T, StoreError> {
+/// The store's exclusive lock, held while the value lives. Every change of
+/// index.json, every lease change and GC run under it.
+pub(crate) struct Locked {
+    _file: File,
+}
+
+pub(crate) fn lock(root: &Path) -> Result<Locked, StoreError> {
     let lock_path = root.join(".hoist").join("lock");
-    let lock = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
         .map_err(StoreError::io(&lock_path))?;
-    lock.lock().map_err(StoreError::io(&lock_path))?;
+    file.lock().map_err(StoreError::io(&lock_path))?;
+    Ok(Locked { _file: file })
+}
+
+/// Run `f` on index.json under the store's exclusive lock, then replace the
+/// file atomically (write a temp file, fsync, rename over, fsync the dir).
+pub(crate) fn update<T>(root: &Path, f: impl FnOnce(&mut IndexFile) -> T) -> Result<T, StoreError> {
+    let _lock = lock(root)?;
+    update_locked(root, f)
+}
+
+/// `update` for a caller that already holds the lock.
+pub(crate) fn update_locked<T>(
+    root: &Path,
+    f: impl FnOnce(&mut IndexFile) -> T,
+) -> Result<T, StoreError> {
     let path = root.join("index.json");
     let mut idx = read(&path)?;
     let out = f(&mut idx);
     let bytes = serde_json::to_vec_pretty(&idx).expect("index serialises");
-    let tmp = root.join(".hoist").join("tmp").join(format!(
-        "index.json.{}.{:x}.partial",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    let mut file = File::create(&tmp).map_err(StoreError::io(&tmp))?;
-    file.write_all(&bytes).map_err(StoreError::io(&tmp))?;
-    file.sync_all().map_err(StoreError::io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(StoreError::io(&path))?;
-    drop(lock); // unlocks
+    crate::write_atomically(root, &path, &bytes)?;
     Ok(out)
 }

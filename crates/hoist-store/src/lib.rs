@@ -1,15 +1,23 @@
 //! hoist's image cache: a valid OCI image layout (`skopeo` and `umoci` read
 //! it) whose blobs are content-addressed and verified before they are named.
 //!
-//! Crash safety comes from two rules: a blob reaches its final name only by
-//! `rename` after its size and digest were checked, and `index.json` is
-//! replaced atomically under an exclusive lock. A process killed at any
-//! moment leaves at most a `*.partial` temp file, which `fsck` removes.
+//! Crash safety comes from three rules: a blob reaches its final name only
+//! by `rename` after its size and digest were checked and its bytes were
+//! fsynced; `index.json` is replaced atomically under an exclusive lock; and
+//! every temp file is flocked by its writer (see [`temp`]). A process killed
+//! at any moment leaves at most a `*.partial` temp file, which `fsck` and
+//! `gc` remove once its lock is free.
+//!
+//! The store owns everything under its root: blobs, `index.json`, the tree
+//! metadata of unpacked images (`.hoist/trees/`), leases (`.hoist/leases/`)
+//! and temp files (`.hoist/tmp/`).
 
 mod blob;
 mod error;
 mod fsck;
+mod gc;
 mod index;
+pub mod temp;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -20,6 +28,7 @@ use hoist_spec::{Digest, Hasher, Platform};
 pub use blob::BlobWriter;
 pub use error::StoreError;
 pub use fsck::FsckReport;
+pub use gc::{GcReport, Lease, Removed};
 pub use index::{NewImage, NAMES, REF_NAME};
 
 /// The on-disk format version; a new layout goes into a new directory.
@@ -50,6 +59,8 @@ impl Store {
             root.join("blobs").join("sha256"),
             root.join("blobs").join("sha512"),
             root.join(".hoist").join("tmp"),
+            root.join(".hoist").join("trees"),
+            root.join(".hoist").join("leases"),
         ] {
             std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         }
@@ -81,19 +92,15 @@ impl Store {
         std::fs::metadata(self.blob_path(d)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
-    fn tmp_path(&self, d: &Digest) -> PathBuf {
-        self.root.join(".hoist").join("tmp").join(format!(
-            "{}.{}.{:x}.partial",
-            d.hex(),
-            std::process::id(),
-            fastrand::u64(..)
-        ))
+    /// A new temp path in the store: `.hoist/tmp/<what>.<rand>.partial`.
+    pub(crate) fn tmp_path(&self, what: &str) -> PathBuf {
+        tmp_in(&self.root, what)
     }
 
     /// A writer for a blob of known digest and size.
     pub fn blob_writer(&self, expected: &Digest, size: u64) -> Result<BlobWriter, StoreError> {
         BlobWriter::create(
-            self.tmp_path(expected),
+            self.tmp_path(expected.hex()),
             self.blob_path(expected),
             expected.clone(),
             size,
@@ -207,6 +214,35 @@ impl Store {
             .map(|i| i.digest))
     }
 
+    /// Where the tree metadata of an unpacked image is kept:
+    /// `.hoist/trees/<digest hex>.v2.txt`.
+    pub fn tree_meta_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join(".hoist")
+            .join("trees")
+            .join(format!("{}.v2.txt", d.hex()))
+    }
+
+    /// Write an image's tree metadata atomically: `write` fills a locked temp
+    /// file, which is then fsynced and renamed into place. Two writers of
+    /// one image never share a temp file.
+    pub fn write_tree_meta(
+        &self,
+        d: &Digest,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<PathBuf, StoreError> {
+        let dest = self.tree_meta_path(d);
+        let tmp = self.tmp_path(&format!("tree-{}", d.hex()));
+        let mut t = temp::TempFile::create(tmp.clone()).map_err(StoreError::io(&tmp))?;
+        {
+            let mut w = std::io::BufWriter::new(t.file());
+            write(&mut w).map_err(StoreError::io(&tmp))?;
+            w.flush().map_err(StoreError::io(&tmp))?;
+        }
+        t.persist(&dest).map_err(StoreError::io(&dest))?;
+        Ok(dest)
+    }
+
     /// Check every blob and every entry; with `repair`, delete what is bad.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, StoreError> {
         fsck::run(self, repair)
@@ -227,14 +263,23 @@ pub fn hash_file(path: &Path, algorithm: hoist_spec::Algorithm) -> std::io::Resu
     }
 }
 
-fn write_atomically(root: &Path, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = root.join(".hoist").join("tmp").join(format!(
-        "file.{}.{:x}.partial",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::write(&tmp, bytes).map_err(StoreError::io(&tmp))?;
-    std::fs::rename(&tmp, dest).map_err(StoreError::io(dest))
+fn tmp_in(root: &Path, what: &str) -> PathBuf {
+    root.join(".hoist")
+        .join("tmp")
+        .join(format!("{what}.{}.partial", temp::rand_tag()))
+}
+
+/// Write `bytes` to a locked temp file, fsync, rename onto `dest`, fsync
+/// the directory.
+pub(crate) fn write_atomically(root: &Path, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let what = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "file".into());
+    let tmp = tmp_in(root, &what);
+    let mut t = temp::TempFile::create(tmp.clone()).map_err(StoreError::io(&tmp))?;
+    t.file().write_all(bytes).map_err(StoreError::io(&tmp))?;
+    t.persist(dest).map_err(StoreError::io(dest))
 }
 
 #[cfg(test)]

@@ -95,9 +95,10 @@ fn fsck_finds_corruption_and_stale_temps() {
     s.write_blob(&d, b"data").unwrap();
     assert!(s.fsck(false).unwrap().is_clean());
     std::fs::write(s.blob_path(&d), b"dat4").unwrap();
-    // pid 0 never names a live process in /proc
+    // Nobody holds its lock: a dead writer's. A live writer's is kept.
     let stale = s.root().join(".hoist/tmp/abc.0.1.partial");
     std::fs::write(&stale, b"x").unwrap();
+    let live = s.blob_writer(&Digest::sha256_of(b"live"), 4).unwrap();
     let r = s.fsck(false).unwrap();
     assert!(!r.is_clean());
     assert_eq!(r.corrupt_blobs, vec![s.blob_path(&d)]);
@@ -106,4 +107,85 @@ fn fsck_finds_corruption_and_stale_temps() {
     assert!(r.repaired);
     assert!(s.fsck(false).unwrap().is_clean());
     assert!(!stale.exists());
+    assert_eq!(
+        std::fs::read_dir(s.root().join(".hoist/tmp"))
+            .unwrap()
+            .count(),
+        1,
+        "the live writer's temp file stays"
+    );
+    drop(live);
+}
+
+/// An image of one layer written into the store: (manifest, config, layer).
+fn put_image(s: &Store, tag: Option<&str>, seed: &str) -> (Digest, Digest, Digest) {
+    let layer = format!("layer {seed}").into_bytes();
+    let config = format!(r#"{{"seed":"{seed}"}}"#).into_bytes();
+    let (ld, cd) = (Digest::sha256_of(&layer), Digest::sha256_of(&config));
+    s.write_blob(&ld, &layer).unwrap();
+    s.write_blob(&cd, &config).unwrap();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    );
+    let md = Digest::sha256_of(manifest.as_bytes());
+    s.write_blob(&md, manifest.as_bytes()).unwrap();
+    s.add_image(&NewImage {
+        digest: md.clone(),
+        size: manifest.len() as u64,
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        platform: Platform::new("linux", "amd64", None),
+        name: tag.map(str::to_string),
+    })
+    .unwrap();
+    (md, cd, ld)
+}
+
+#[test]
+fn gc_keeps_what_images_and_live_leases_reach_and_nothing_else() {
+    let (_d, s) = store();
+    let (m1, c1, l1) = put_image(&s, Some("r/a:1"), "one");
+    let orphan = Digest::sha256_of(b"orphan");
+    s.write_blob(&orphan, b"orphan").unwrap();
+    let leased = Digest::sha256_of(b"leased");
+    s.write_blob(&leased, b"leased").unwrap();
+    let mut lease = s.lease().unwrap();
+    lease.add(std::slice::from_ref(&leased)).unwrap();
+
+    let dry = s.gc(true).unwrap();
+    assert_eq!(dry.blobs, vec![orphan.clone()]);
+    assert!(s.has_blob(&orphan, 6), "a dry run deletes nothing");
+    let r = s.gc(false).unwrap();
+    assert_eq!(r.blobs, vec![orphan.clone()]);
+    assert_eq!(r.blob_bytes, 6);
+    assert_eq!(r.live_leases, 1);
+    for d in [&m1, &c1, &l1, &leased] {
+        assert!(s.blob_path(d).exists(), "{d} must survive");
+    }
+    drop(lease); // a dead lease protects nothing
+    let r = s.gc(false).unwrap();
+    assert_eq!(r.blobs, vec![leased]);
+    assert!(s.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn rm_removes_a_name_and_the_image_with_its_last_name() {
+    let (_d, s) = store();
+    let (m, _, l) = put_image(&s, Some("r/a:1"), "x");
+    put_image(&s, Some("r/a:2"), "x"); // same content: a second name
+    assert_eq!(s.images().unwrap()[0].names, vec!["r/a:1", "r/a:2"]);
+    let r = s.remove(Some("r/a:1"), None).unwrap();
+    assert!(!r[0].image_removed);
+    assert!(s.remove(Some("r/a:nope"), None).unwrap().is_empty());
+    let r = s.remove(Some("r/a:2"), None).unwrap();
+    assert!(r[0].image_removed);
+    assert!(s.images().unwrap().is_empty());
+    let g = s.gc(false).unwrap();
+    assert_eq!(g.blobs.len(), 3);
+    assert!(!s.blob_path(&l).exists() && !s.blob_path(&m).exists());
+    // By digest, whatever names it has.
+    let (m2, _, _) = put_image(&s, Some("r/b:1"), "y");
+    assert!(s.remove(None, Some(&m2)).unwrap()[0].image_removed);
+    assert!(s.images().unwrap().is_empty());
 }

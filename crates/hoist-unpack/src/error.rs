@@ -29,6 +29,10 @@ pub enum UnpackError {
         expected: String,
         actual: String,
     },
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the image has more than {limit} entries (--max-entries)")]
+    TooManyEntries { limit: u64 },
     #[error("this kernel lacks openat2(RESOLVE_IN_ROOT) (Linux 5.6+), which hoist needs to unpack safely")]
     NoOpenat2,
 }

@@ -40,12 +40,15 @@ impl Ownership {
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
     pub ownership: Ownership,
+    /// Cancellation and the entry budget, checked before every entry.
+    pub guard: crate::Guard,
 }
 
 impl Default for UnpackOptions {
     fn default() -> Self {
         UnpackOptions {
             ownership: Ownership::default_for_process(),
+            guard: crate::Guard::default(),
         }
     }
 }
@@ -249,6 +252,7 @@ impl Unpacker {
         let mut stats = LayerStats::default();
         let mut ar = tar::Archive::new(reader);
         for entry in ar.entries().map_err(UnpackError::Read)? {
+            self.opts.guard.entry()?;
             let mut e = entry.map_err(|x| UnpackError::InvalidArchive(x.to_string()))?;
             stats.entries += 1;
             stats.bytes += e.size();

@@ -7,6 +7,7 @@
 //! or deleted, whatever a layer contains.
 
 mod error;
+mod guard;
 mod layer;
 mod merge;
 mod meta;
@@ -15,6 +16,7 @@ mod root;
 mod stream;
 
 pub use error::UnpackError;
+pub use guard::Guard;
 pub use layer::{LayerStats, Ownership, UnpackOptions, Unpacker};
 pub use merge::{Body, ContentSink, MergedTree, Node, NodeId, ROOT};
 pub use meta::{EntryMeta, EntryType, TreeMeta};

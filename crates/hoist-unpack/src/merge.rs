@@ -69,6 +69,7 @@ pub struct MergedTree<H> {
     /// kept here so both give the same tree even through symlinks that
     /// later layers retarget.
     pending: BTreeMap<Vec<u8>, (EntryMeta, Xattrs)>,
+    guard: crate::Guard,
 }
 
 fn invalid(msg: String) -> UnpackError {
@@ -92,7 +93,13 @@ impl<H> MergedTree<H> {
             })],
             added: HashSet::new(),
             pending: BTreeMap::new(),
+            guard: crate::Guard::default(),
         }
+    }
+
+    /// Cancellation and the entry budget, checked before every entry.
+    pub fn set_guard(&mut self, guard: crate::Guard) {
+        self.guard = guard;
     }
 
     pub fn node(&self, id: NodeId) -> &Node<H> {
@@ -135,6 +142,7 @@ impl<H> MergedTree<H> {
         let mut stats = crate::LayerStats::default();
         let mut ar = tar::Archive::new(reader);
         for entry in ar.entries().map_err(UnpackError::Read)? {
+            self.guard.entry()?;
             let mut e = entry.map_err(|x| invalid(x.to_string()))?;
             stats.entries += 1;
             stats.bytes += e.size();

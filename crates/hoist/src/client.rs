@@ -1,9 +1,11 @@
 //! The facade: resolve a source to one platform's manifest, inspect it, and
 //! pull it into the cache.
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use hoist_registry::{BlobSink, RawManifest, RegistryClient, RegistryOptions};
 use hoist_spec::manifest::{self, available_platforms, entry_platform, index_candidates};
@@ -11,11 +13,12 @@ use hoist_spec::media::{self, ManifestKind};
 use hoist_spec::{
     metadata, Descriptor, Digest, ImageConfig, ImageManifest, Layer, Manifest, Platform, SpecError,
 };
-use hoist_store::{BlobWriter, CachedImage, FsckReport, NewImage, Store, FORMAT_DIR};
+use hoist_store::{BlobWriter, CachedImage, FsckReport, Lease, NewImage, Store, FORMAT_DIR};
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::progress::{NoProgress, Progress};
+use crate::op::Op;
+use crate::progress::Event;
 use crate::source::{Fetcher, ImageSource, Layout, Remote};
 
 const MAX_INDEX_DEPTH: usize = 4;
@@ -34,17 +37,18 @@ pub(crate) trait PullEvents: Sync {
 
 /// Everything a [`Client`] is configured with. `Default` gives the CLI's
 /// defaults: the user's cache directory, `linux/<host arch>`, four
-/// downloads at once.
+/// downloads at once. Per-call settings (cancellation, progress, platform,
+/// credentials, limits) travel in an [`Op`].
 #[derive(Clone)]
 pub struct ClientOptions {
     /// The cache's base directory; the layout lives in a versioned
     /// subdirectory of it.
     pub cache_dir: PathBuf,
+    /// The platform of calls whose `Op` names none.
     pub platform: Platform,
     pub registry: RegistryOptions,
-    /// Blobs downloaded at once.
+    /// Blobs downloaded at once, across every operation of this client.
     pub concurrency: usize,
-    pub progress: Arc<dyn Progress>,
 }
 
 impl Default for ClientOptions {
@@ -54,7 +58,6 @@ impl Default for ClientOptions {
             platform: Platform::host(),
             registry: RegistryOptions::default(),
             concurrency: 4,
-            progress: Arc::new(NoProgress),
         }
     }
 }
@@ -120,52 +123,133 @@ struct Resolved {
     indexes: Vec<RawManifest>,
 }
 
-pub struct Client {
+/// A counting semaphore whose waits give up when the op is cancelled.
+struct Permits {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    fn acquire(&self, op: &Op) -> Result<Permit<'_>, Error> {
+        let mut free = self.free.lock().expect("lock");
+        loop {
+            op.cancel.check().map_err(|_| Error::Cancelled)?;
+            if *free > 0 {
+                *free -= 1;
+                return Ok(Permit(self));
+            }
+            free = self
+                .cv
+                .wait_timeout(free, Duration::from_millis(50))
+                .expect("lock")
+                .0;
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().expect("lock") += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// Single flight by digest: one download of a blob at a time in this
+/// process; whoever waited finds it in the cache.
+#[derive(Default)]
+struct Flights {
+    busy: Mutex<HashSet<Digest>>,
+    cv: Condvar,
+}
+
+struct Flight<'a> {
+    flights: &'a Flights,
+    digest: Digest,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.flights.busy.lock().expect("lock").remove(&self.digest);
+        self.flights.cv.notify_all();
+    }
+}
+
+struct Inner {
     opts: ClientOptions,
     store: Store,
     registry: RegistryClient,
+    downloads: Permits,
+    flights: Flights,
+}
+
+/// The facade. Cheap to clone: clones share one cache, one registry client
+/// (connections, tokens), one limit on concurrent downloads and single
+/// flight of blobs, so N operations at once never open more than
+/// `concurrency` downloads nor fetch a shared layer twice.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
 }
 
 impl Client {
     pub fn new(opts: ClientOptions) -> Result<Client, Error> {
         let store = Store::open(opts.cache_dir.join(FORMAT_DIR))?;
         let registry = RegistryClient::new(opts.registry.clone())?;
+        let n = opts.concurrency.clamp(1, 64);
         Ok(Client {
-            opts,
-            store,
-            registry,
+            inner: Arc::new(Inner {
+                opts,
+                store,
+                registry,
+                downloads: Permits {
+                    free: Mutex::new(n),
+                    cv: Condvar::new(),
+                },
+                flights: Flights::default(),
+            }),
         })
+    }
+
+    fn opts(&self) -> &ClientOptions {
+        &self.inner.opts
     }
 
     /// The OCI image layout that holds the cache.
     pub fn layout_path(&self) -> &std::path::Path {
-        self.store.root()
+        self.inner.store.root()
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.inner.store
     }
 
-    fn fetcher(&self, src: &ImageSource) -> Box<dyn Fetcher + '_> {
+    fn platform<'a>(&'a self, op: &'a Op) -> &'a Platform {
+        op.platform.as_ref().unwrap_or(&self.opts().platform)
+    }
+
+    fn fetcher(&self, src: &ImageSource, op: &Op) -> Box<dyn Fetcher + '_> {
         match src {
             ImageSource::Registry(r) => Box::new(Remote {
-                client: &self.registry,
+                client: &self.inner.registry,
                 reference: r.clone(),
+                call: op.call(),
             }),
             ImageSource::Layout { path, tag } => Box::new(Layout {
                 path: path.clone(),
                 tag: tag.clone(),
-                max_manifest_size: self.opts.registry.max_manifest_size,
+                max_manifest_size: self.opts().registry.max_manifest_size,
             }),
         }
     }
 
     /// A manifest by digest from the cache if present, else from the source.
     fn manifest_cached(&self, f: &dyn Fetcher, d: &Descriptor) -> Result<RawManifest, Error> {
-        if self.store.has_blob(&d.digest, d.size) {
+        if self.store().has_blob(&d.digest, d.size) {
             if let Ok(bytes) = self
-                .store
-                .read_blob(&d.digest, self.opts.registry.max_manifest_size)
+                .store()
+                .read_blob(&d.digest, self.opts().registry.max_manifest_size)
             {
                 return Ok(RawManifest {
                     bytes,
@@ -179,12 +263,12 @@ impl Client {
 
     fn root_manifest(&self, f: &dyn Fetcher) -> Result<RawManifest, Error> {
         if let Some(d) = f.pinned() {
-            let path = self.store.blob_path(&d);
+            let path = self.store().blob_path(&d);
             if let Ok(meta) = std::fs::metadata(&path) {
-                if meta.len() <= self.opts.registry.max_manifest_size {
+                if meta.len() <= self.opts().registry.max_manifest_size {
                     if let Ok(bytes) = self
-                        .store
-                        .read_blob(&d, self.opts.registry.max_manifest_size)
+                        .store()
+                        .read_blob(&d, self.opts().registry.max_manifest_size)
                     {
                         return Ok(RawManifest {
                             bytes,
@@ -198,10 +282,11 @@ impl Client {
         f.root()
     }
 
-    fn resolve(&self, f: &dyn Fetcher, what: &str) -> Result<Resolved, Error> {
+    fn resolve(&self, f: &dyn Fetcher, what: &str, op: &Op) -> Result<Resolved, Error> {
+        op.emit(Event::Resolving { source: what });
         let root = self.root_manifest(f)?;
         let mut indexes = Vec::new();
-        match self.walk(f, root, what, 0, &mut indexes)? {
+        match self.walk(f, root, what, 0, &mut indexes, op)? {
             Some((raw, manifest)) => Ok(Resolved {
                 raw,
                 manifest,
@@ -220,7 +305,7 @@ impl Client {
                     .unwrap_or_else(|| "none".into());
                 Err(SpecError::PlatformNotFound {
                     what: what.into(),
-                    wanted: self.opts.platform.to_string(),
+                    wanted: self.platform(op).to_string(),
                     available,
                 }
                 .into())
@@ -235,6 +320,7 @@ impl Client {
         what: &str,
         depth: usize,
         indexes: &mut Vec<RawManifest>,
+        op: &Op,
     ) -> Result<Option<(RawManifest, ImageManifest)>, Error> {
         if depth > MAX_INDEX_DEPTH {
             return Err(SpecError::IndexTooDeep {
@@ -248,10 +334,10 @@ impl Client {
             Manifest::Index(i) => i,
         };
         indexes.push(raw);
-        for cand in index_candidates(&index, &self.opts.platform) {
+        for cand in index_candidates(&index, self.platform(op)) {
             let child = self.manifest_cached(f, cand)?;
             if media::manifest_kind(&cand.media_type) == Some(ManifestKind::Index) {
-                if let Some(found) = self.walk(f, child, what, depth + 1, indexes)? {
+                if let Some(found) = self.walk(f, child, what, depth + 1, indexes, op)? {
                     return Ok(Some(found));
                 }
                 continue;
@@ -278,20 +364,26 @@ impl Client {
 
     /// The config blob, from the cache if present, else the source (and then
     /// cached, verified).
-    fn config(&self, f: &dyn Fetcher, m: &ImageManifest, what: &str) -> Result<ImageConfig, Error> {
+    fn config(
+        &self,
+        f: &dyn Fetcher,
+        m: &ImageManifest,
+        what: &str,
+        op: &Op,
+    ) -> Result<ImageConfig, Error> {
         let d = &m.config;
-        let limit = self.opts.registry.max_manifest_size;
+        let limit = self.opts().registry.max_manifest_size;
         if d.size > limit {
             return Err(Error::Layout {
                 layout: what.into(),
                 reason: format!("config is {} bytes, above the limit of {limit}", d.size),
             });
         }
-        if !self.store.has_blob(&d.digest, d.size) {
-            self.fetch_blob(f, d, what)?;
+        if !self.store().has_blob(&d.digest, d.size) {
+            self.fetch_blob(f, d, what, op)?;
         }
         let bytes = self
-            .store
+            .store()
             .read_blob(&d.digest, limit)
             .map_err(|source| Error::Blob {
                 image: what.into(),
@@ -302,11 +394,17 @@ impl Client {
 
     /// A plain manifest must be for the requested platform: a silently wrong
     /// VM image is worse than an error.
-    fn check_platform(&self, r: &Resolved, cfg: &ImageConfig, what: &str) -> Result<(), Error> {
-        if r.indexes.is_empty() && !self.opts.platform.matches(&cfg.platform) {
+    fn check_platform(
+        &self,
+        r: &Resolved,
+        cfg: &ImageConfig,
+        what: &str,
+        op: &Op,
+    ) -> Result<(), Error> {
+        if r.indexes.is_empty() && !self.platform(op).matches(&cfg.platform) {
             return Err(SpecError::PlatformMismatch {
                 what: what.into(),
-                wanted: self.opts.platform.to_string(),
+                wanted: self.platform(op).to_string(),
                 actual: cfg.platform.to_string(),
             }
             .into());
@@ -316,12 +414,16 @@ impl Client {
 
     /// Resolve and read the metadata: the manifest and config only, never a
     /// layer blob.
-    pub fn inspect(&self, src: &ImageSource) -> Result<Inspection, Error> {
+    pub fn inspect(&self, src: &ImageSource, op: &Op) -> Result<Inspection, Error> {
+        op.finished(self.inspect_inner(src, op))
+    }
+
+    fn inspect_inner(&self, src: &ImageSource, op: &Op) -> Result<Inspection, Error> {
         let what = src.to_string();
-        let f = self.fetcher(src);
-        let r = self.resolve(f.as_ref(), &what)?;
-        let cfg = self.config(f.as_ref(), &r.manifest, &what)?;
-        self.check_platform(&r, &cfg, &what)?;
+        let f = self.fetcher(src, op);
+        let r = self.resolve(f.as_ref(), &what, op)?;
+        let cfg = self.config(f.as_ref(), &r.manifest, &what, op)?;
+        self.check_platform(&r, &cfg, &what, op)?;
         let m = &r.manifest;
         Ok(Inspection {
             source: what,
@@ -337,29 +439,71 @@ impl Client {
         })
     }
 
-    fn fetch_blob(&self, f: &dyn Fetcher, d: &Descriptor, what: &str) -> Result<(), Error> {
-        let writer = self.store.blob_writer(&d.digest, d.size)?;
-        let mut sink = ProgressSink {
-            writer,
-            progress: self.opts.progress.as_ref(),
+    /// Wait for any other download of `d` in this process; `None` if it
+    /// left the blob in the cache.
+    fn flight(&self, d: &Descriptor, op: &Op) -> Result<Option<Flight<'_>>, Error> {
+        let fl = &self.inner.flights;
+        let mut busy = fl.busy.lock().expect("lock");
+        loop {
+            op.cancel.check().map_err(|_| Error::Cancelled)?;
+            if !busy.contains(&d.digest) {
+                break;
+            }
+            busy = fl
+                .cv
+                .wait_timeout(busy, Duration::from_millis(50))
+                .expect("lock")
+                .0;
+        }
+        if self.store().has_blob(&d.digest, d.size) {
+            return Ok(None);
+        }
+        busy.insert(d.digest.clone());
+        Ok(Some(Flight {
+            flights: fl,
+            digest: d.digest.clone(),
+        }))
+    }
+
+    /// Download one blob into the cache, verified: once per process however
+    /// many operations want it, under the client's download limit.
+    fn fetch_blob(
+        &self,
+        f: &dyn Fetcher,
+        d: &Descriptor,
+        what: &str,
+        op: &Op,
+    ) -> Result<(), Error> {
+        let Some(_flight) = self.flight(d, op)? else {
+            op.emit(Event::BlobCached {
+                digest: &d.digest,
+                size: d.size,
+            });
+            return Ok(());
         };
-        self.opts.progress.start(&d.digest, d.size);
+        let _permit = self.inner.downloads.acquire(op)?;
+        let writer = self.store().blob_writer(&d.digest, d.size)?;
+        let mut sink = ProgressSink { writer, op };
+        op.emit(Event::BlobStart {
+            digest: &d.digest,
+            size: d.size,
+        });
         f.blob(d, &mut sink)?;
         sink.writer.commit().map_err(|source| Error::Blob {
             image: what.into(),
             source,
         })?;
-        self.opts.progress.finish(&d.digest);
+        op.emit(Event::BlobDone { digest: &d.digest });
         Ok(())
     }
 
     /// Fill the cache with one platform's image. Blobs already present are
     /// not fetched; an image already complete costs no request beyond
     /// resolving a tag (and none for a digest reference).
-    pub fn pull(&self, src: &ImageSource) -> Result<Pulled, Error> {
+    pub fn pull(&self, src: &ImageSource, op: &Op) -> Result<Pulled, Error> {
         struct Quiet;
         impl PullEvents for Quiet {}
-        Ok(self.pull_checked(src, &Quiet)?.0)
+        op.finished(self.pull_checked(src, &Quiet, op).map(|p| p.0))
     }
 
     /// Pull, telling `events` the manifest and config before any layer is
@@ -368,19 +512,38 @@ impl Client {
         &self,
         src: &ImageSource,
         events: &dyn PullEvents,
+        op: &Op,
     ) -> Result<(Pulled, ImageManifest, ImageConfig), Error> {
         let what = src.to_string();
-        let f = self.fetcher(src);
-        let r = self.resolve(f.as_ref(), &what)?;
+        let f = self.fetcher(src, op);
+        let r = self.resolve(f.as_ref(), &what, op)?;
         let digest = r.raw.digest.clone();
         let m = &r.manifest;
-        let complete = self.store.has_image(&digest)?
-            && self.store.has_blob(&m.config.digest, m.config.size)
-            && m.layers
-                .iter()
-                .all(|l| self.store.has_blob(&l.descriptor.digest, l.descriptor.size));
-        let cfg = self.config(f.as_ref(), m, &what)?;
-        self.check_platform(&r, &cfg, &what)?;
+        if m.layers.len() > op.limits.max_layers {
+            return Err(Error::Limit {
+                image: what,
+                what: "layers",
+                limit: op.limits.max_layers as u64,
+                actual: m.layers.len() as u64,
+            });
+        }
+        op.emit(Event::Resolved {
+            digest: &digest,
+            layers: m.layers.len(),
+            bytes: m.layers_size(),
+        });
+        // Held against GC from before the cache is checked until the image
+        // is recorded: nothing this pull counts on can vanish meanwhile.
+        let mut lease = self.store().lease()?;
+        self.lease_image(&mut lease, &r)?;
+        let complete = self.store().has_image(&digest)?
+            && self.store().has_blob(&m.config.digest, m.config.size)
+            && m.layers.iter().all(|l| {
+                self.store()
+                    .has_blob(&l.descriptor.digest, l.descriptor.size)
+            });
+        let cfg = self.config(f.as_ref(), m, &what, op)?;
+        self.check_platform(&r, &cfg, &what, op)?;
         events.resolved(m, &cfg)?;
         let mut fetched = 0;
         let mut bytes = 0;
@@ -392,8 +555,11 @@ impl Client {
             let mut todo: Vec<&Descriptor> = Vec::new();
             for l in &m.layers {
                 let d = &l.descriptor;
-                if self.store.has_blob(&d.digest, d.size) {
-                    self.opts.progress.skipped(&d.digest, d.size);
+                if self.store().has_blob(&d.digest, d.size) {
+                    op.emit(Event::BlobCached {
+                        digest: &d.digest,
+                        size: d.size,
+                    });
                     events.layer_ready(&d.digest);
                 } else if !todo.iter().any(|t| t.digest == d.digest) {
                     todo.push(d);
@@ -401,13 +567,13 @@ impl Client {
             }
             fetched = todo.len();
             bytes = todo.iter().map(|d| d.size).sum();
-            self.fetch_all(f.as_ref(), &todo, &what, events)?;
+            self.fetch_all(f.as_ref(), &todo, &what, events, op)?;
             for idx in &r.indexes {
-                self.store.write_blob(&idx.digest, &idx.bytes)?;
+                self.store().write_blob(&idx.digest, &idx.bytes)?;
             }
-            self.store.write_blob(&digest, &r.raw.bytes)?;
+            self.store().write_blob(&digest, &r.raw.bytes)?;
         }
-        self.store.add_image(&NewImage {
+        self.store().add_image(&NewImage {
             digest: digest.clone(),
             size: r.raw.bytes.len() as u64,
             media_type: m.media_type.clone(),
@@ -421,23 +587,36 @@ impl Client {
             cached: complete,
             blobs_fetched: fetched,
             bytes_fetched: bytes,
-            layout: self.store.root().to_path_buf(),
+            layout: self.store().root().to_path_buf(),
         };
+        drop(lease);
         Ok((pulled, r.manifest, cfg))
     }
 
-    /// Download blobs with a bounded number at once; the first error stops
-    /// the others from starting new work.
+    /// Name in `lease` every blob the resolved image is made of.
+    fn lease_image(&self, lease: &mut Lease, r: &Resolved) -> Result<(), Error> {
+        let m = &r.manifest;
+        let mut ds: Vec<Digest> = vec![r.raw.digest.clone(), m.config.digest.clone()];
+        ds.extend(r.indexes.iter().map(|i| i.digest.clone()));
+        ds.extend(m.layers.iter().map(|l| l.descriptor.digest.clone()));
+        lease.add(&ds)?;
+        Ok(())
+    }
+
+    /// Download blobs, as many at once as the client's shared limit lets;
+    /// the first error cancels the others.
     fn fetch_all(
         &self,
         f: &dyn Fetcher,
         todo: &[&Descriptor],
         what: &str,
         events: &dyn PullEvents,
+        op: &Op,
     ) -> Result<(), Error> {
         let next = Mutex::new(todo.iter());
         let failed: Mutex<Option<Error>> = Mutex::new(None);
-        let workers = self.opts.concurrency.clamp(1, 16).min(todo.len().max(1));
+        let op = &op.child();
+        let workers = self.opts().concurrency.clamp(1, 16).min(todo.len().max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| loop {
@@ -447,8 +626,9 @@ impl Client {
                     let Some(d) = next.lock().expect("lock").next() else {
                         return;
                     };
-                    if let Err(e) = self.fetch_blob(f, d, what) {
+                    if let Err(e) = self.fetch_blob(f, d, what, op) {
                         failed.lock().expect("lock").get_or_insert(e);
+                        op.cancel.cancel();
                         return;
                     }
                     events.layer_ready(&d.digest);
@@ -456,6 +636,7 @@ impl Client {
             }
         });
         match failed.into_inner().expect("lock") {
+            // The first failure, not the cancellations it caused.
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -463,13 +644,13 @@ impl Client {
 
     /// The images in the cache, with their total sizes.
     pub fn images(&self) -> Result<Vec<ImageSummary>, Error> {
-        let limit = self.opts.registry.max_manifest_size;
-        self.store
+        let limit = self.opts().registry.max_manifest_size;
+        self.store()
             .images()?
             .into_iter()
             .map(|image| {
                 let mut size = image.manifest_size;
-                if let Ok(bytes) = self.store.read_blob(&image.digest, limit) {
+                if let Ok(bytes) = self.store().read_blob(&image.digest, limit) {
                     if let Ok(Manifest::Image(m)) =
                         manifest::parse_manifest(&bytes, Some(&image.media_type), "cached image")
                     {
@@ -481,23 +662,60 @@ impl Client {
             .collect()
     }
 
+    /// Remove images' names from the cache (`hoist rm`): a tag removes
+    /// that name, and the image with its last name; a digest reference
+    /// (`repo@sha256:…`) removes the image. Blobs stay until `gc`. Names
+    /// that match nothing are an error, after the others are removed.
+    pub fn remove(&self, srcs: &[ImageSource]) -> Result<Vec<hoist_store::Removed>, Error> {
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        for src in srcs {
+            let (name, digest) = match src {
+                ImageSource::Registry(r) => (
+                    r.tag().map(|t| format!("{}:{t}", r.name())),
+                    r.digest().cloned(),
+                ),
+                ImageSource::Layout { .. } => (self.fetcher(src, &Op::new()).cache_name(), None),
+            };
+            let got = self.store().remove(name.as_deref(), digest.as_ref())?;
+            if got.is_empty() {
+                missing.push(src.to_string());
+            }
+            out.extend(got);
+        }
+        if !missing.is_empty() {
+            return Err(Error::NotInCache { names: missing });
+        }
+        Ok(out)
+    }
+
+    /// Delete blobs that no cache entry and no running pull reaches, and
+    /// stale temp files (`hoist gc`).
+    pub fn gc(&self, dry_run: bool) -> Result<hoist_store::GcReport, Error> {
+        Ok(self.store().gc(dry_run)?)
+    }
+
     /// Verify the whole cache; with `repair`, remove what is bad.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, Error> {
-        Ok(self.store.fsck(repair)?)
+        Ok(self.store().fsck(repair)?)
     }
 }
 
-/// The store's writer as the registry's sink, reporting progress.
+/// The store's writer as the registry's sink, reporting progress and
+/// stopping a cancelled download at the next chunk.
 struct ProgressSink<'a> {
     writer: BlobWriter,
-    progress: &'a dyn Progress,
+    op: &'a Op,
 }
 
 impl Write for ProgressSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.op.cancel.check().map_err(io::Error::other)?;
         let n = self.writer.write(buf)?;
-        self.progress
-            .position(self.writer.digest(), self.writer.written());
+        self.op.emit(Event::BlobProgress {
+            digest: self.writer.digest(),
+            bytes: self.writer.written(),
+        });
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -511,7 +729,10 @@ impl BlobSink for ProgressSink<'_> {
     }
     fn reset(&mut self) -> io::Result<()> {
         self.writer.reset()?;
-        self.progress.position(self.writer.digest(), 0);
+        self.op.emit(Event::BlobProgress {
+            digest: self.writer.digest(),
+            bytes: 0,
+        });
         Ok(())
     }
 }

@@ -36,6 +36,18 @@ pub enum Error {
         #[source]
         source: ExportError,
     },
+    #[error("cancelled")]
+    Cancelled,
+    #[error("not in the cache: {}", names.join(", "))]
+    NotInCache { names: Vec<String> },
+    /// An image over one of the operation's hard limits.
+    #[error("{image}: {actual} {what} is more than the limit of {limit}")]
+    Limit {
+        image: String,
+        what: &'static str,
+        limit: u64,
+        actual: u64,
+    },
     #[error("{layout}: no image tagged {tag:?} (tags: {available})")]
     LayoutTagNotFound {
         layout: String,
@@ -53,6 +65,13 @@ pub enum ErrorKind {
     Auth,
     RateLimited,
     Integrity,
+    /// The registry could not be reached or failed (5xx).
+    Unavailable,
+    Cancelled,
+    /// An address or registry this client refuses.
+    NotAllowed,
+    /// The image is over a hard limit (size, entries, layers).
+    TooLarge,
     Other,
 }
 
@@ -65,7 +84,11 @@ impl ErrorKind {
             ErrorKind::Auth => 4,
             ErrorKind::RateLimited => 5,
             ErrorKind::Integrity => 6,
-            ErrorKind::Other => 1,
+            ErrorKind::TooLarge => 7,
+            ErrorKind::Cancelled => 130,
+            // Kept at 1, as before these kinds were told apart: scripts
+            // already branch on it.
+            ErrorKind::Unavailable | ErrorKind::NotAllowed | ErrorKind::Other => 1,
         }
     }
 }
@@ -93,6 +116,9 @@ impl Error {
                 R::Auth => ErrorKind::Auth,
                 R::RateLimited => ErrorKind::RateLimited,
                 R::Integrity => ErrorKind::Integrity,
+                R::Unavailable => ErrorKind::Unavailable,
+                R::Cancelled => ErrorKind::Cancelled,
+                R::NotAllowed => ErrorKind::NotAllowed,
                 R::Other => ErrorKind::Other,
             },
             Error::Store(e) | Error::Blob { source: e, .. } => store_kind(e),
@@ -101,7 +127,18 @@ impl Error {
                 source: UnpackError::DiffIdMismatch { .. } | UnpackError::BlobMismatch { .. },
                 ..
             } => ErrorKind::Integrity,
+            Error::Unpack {
+                source: UnpackError::TooManyEntries { .. },
+                ..
+            } => ErrorKind::TooLarge,
+            Error::Unpack {
+                source: UnpackError::Cancelled,
+                ..
+            } => ErrorKind::Cancelled,
             Error::Unpack { .. } => ErrorKind::Other,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::NotInCache { .. } => ErrorKind::NotFound,
+            Error::Limit { .. } => ErrorKind::TooLarge,
             Error::Target { .. } => ErrorKind::Usage,
             Error::Export {
                 source: ExportError::TooSmall { .. },

@@ -9,8 +9,13 @@ use hoist_spec::{Digest, ImageMetadata, Platform};
 use hoist_unpack::{MergedTree, Ownership, TreeMeta};
 use serde::Serialize;
 
+use hoist_store::temp::{DirLock, TempFile};
+use hoist_unpack::Guard;
+
 use crate::client::Client;
 use crate::error::Error;
+use crate::op::Op;
+use crate::progress::Event;
 use crate::source::ImageSource;
 use crate::unpack::{Step, UnpackOptions};
 
@@ -92,25 +97,28 @@ impl Client {
         src: &ImageSource,
         out: &Path,
         opts: &ExportOptions,
+        op: &Op,
+    ) -> Result<Exported, Error> {
+        op.finished(self.export_inner(src, out, opts, op))
+    }
+
+    fn export_inner(
+        &self,
+        src: &ImageSource,
+        out: &Path,
+        opts: &ExportOptions,
+        op: &Op,
     ) -> Result<Exported, Error> {
         crate::stale::remove_stale_siblings(out);
-        let tmp = crate::stale::temp_beside(out, Some("tmp"))
+        let tmp = crate::stale::temp_beside(out, "tmp")
             .ok_or_else(|| self.io_err(out, std::io::ErrorKind::InvalidInput.into()))?;
+        // Locked for as long as this export runs; removed on any error.
+        let temp = TempFile::create(tmp.clone()).map_err(|e| self.io_err(&tmp, e))?;
         let made = match opts.format {
-            Format::Ext4 => self.export_ext4(src, &tmp, opts),
-            _ => self.export_from_tree(src, out, &tmp, opts),
+            Format::Ext4 => self.export_ext4(src, &tmp, opts, op)?,
+            _ => self.export_from_tree(src, out, &tmp, opts, op)?,
         };
-        let made = match made {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        if let Err(e) = std::fs::rename(&tmp, out) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(self.io_err(out, e));
-        }
+        temp.persist(out).map_err(|e| self.io_err(out, e))?;
         let size = std::fs::metadata(out)
             .map_err(|e| self.io_err(out, e))?
             .len();
@@ -136,6 +144,7 @@ impl Client {
         src: &ImageSource,
         tmp: &Path,
         opts: &ExportOptions,
+        op: &Op,
     ) -> Result<Made, Error> {
         let what = src.to_string();
         let exp = |e| Error::Export {
@@ -144,30 +153,40 @@ impl Client {
         };
         let mut builder: Option<Ext4Builder> = None;
         let mut tree: MergedTree<Run> = MergedTree::new();
-        let streamed = self.pull_and_stream(src, false, &mut |step| match step {
-            Step::Start => {
-                let b = Ext4Builder::create(
-                    tmp,
-                    Ext4Options {
-                        size: opts.size,
-                        ..Ext4Options::default()
-                    },
-                )
-                .map_err(exp)?;
-                builder = Some(b);
-                Ok(0)
-            }
-            Step::Layer(stream) => {
-                let b = builder.as_mut().expect("started");
-                let stats = tree
-                    .apply_layer(stream, b)
-                    .map_err(|source| Error::Unpack {
-                        image: what.clone(),
-                        source,
-                    })?;
-                Ok(stats.entries)
-            }
-        });
+        tree.set_guard(Guard::new(
+            Some(op.cancel.clone()),
+            Some(op.limits.max_entries),
+        ));
+        let streamed = self.pull_and_stream(
+            src,
+            false,
+            &mut |step| match step {
+                Step::Start => {
+                    let b = Ext4Builder::create(
+                        tmp,
+                        Ext4Options {
+                            size: opts.size,
+                            cancel: Some(op.cancel.clone()),
+                            ..Ext4Options::default()
+                        },
+                    )
+                    .map_err(exp)?;
+                    builder = Some(b);
+                    Ok(0)
+                }
+                Step::Layer(stream) => {
+                    let b = builder.as_mut().expect("started");
+                    let stats =
+                        tree.apply_layer(&mut &mut *stream, b)
+                            .map_err(|source| Error::Unpack {
+                                image: what.clone(),
+                                source,
+                            })?;
+                    Ok(stats.entries)
+                }
+            },
+            op,
+        );
         let (pulled, config, _entries) = match streamed {
             Ok(v) => v,
             // Past a fixed --size: say so, not "reading the layer".
@@ -183,6 +202,7 @@ impl Client {
             source,
         })?;
         let mut builder = builder.expect("started");
+        op.emit(Event::Exporting { format: "ext4" });
         let (uuid, hash_seed) = ids_of(&pulled.digest);
         builder.set_identity(
             uuid,
@@ -206,17 +226,28 @@ impl Client {
         out: &Path,
         tmp: &Path,
         opts: &ExportOptions,
+        op: &Op,
     ) -> Result<Made, Error> {
-        let rootfs = crate::stale::temp_beside(out, Some("rootfs"))
+        let rootfs = crate::stale::temp_beside(out, "rootfs")
             .ok_or_else(|| self.io_err(out, std::io::ErrorKind::InvalidInput.into()))?;
-        let u = self.unpack(
+        let u = self.unpack_inner_for_export(
             src,
             &rootfs,
             &UnpackOptions {
                 ownership: opts.ownership,
                 verify_blobs: false,
             },
+            op,
         )?;
+        // The unpack's lock went with its temp name; take one on the tree.
+        let _lock = DirLock::open(&rootfs).map_err(|e| self.io_err(&rootfs, e))?;
+        op.emit(Event::Exporting {
+            format: if matches!(opts.format, Format::Erofs) {
+                "erofs"
+            } else {
+                "cpio"
+            },
+        });
         let result = (|| -> Result<u64, Error> {
             let f = std::fs::File::open(&u.tree_metadata)
                 .map_err(|e| self.io_err(&u.tree_metadata, e))?;

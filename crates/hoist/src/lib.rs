@@ -3,6 +3,7 @@
 mod client;
 mod error;
 mod export;
+mod op;
 mod progress;
 mod source;
 mod stale;
@@ -13,11 +14,15 @@ pub use error::{Error, ErrorKind};
 pub use export::{ExportOptions, Exported};
 pub use hoist_export::Format;
 pub use hoist_unpack::{Ownership, TreeMeta};
-pub use progress::{NoProgress, Progress};
+pub use op::{Limits, Op, OpId};
+pub use progress::{Event, NoProgress, Progress};
 pub use source::ImageSource;
 pub use unpack::{UnpackOptions, Unpacked};
 
 /// The building blocks, for callers that need more than the facade.
-pub use hoist_registry::{Credentials, RegistryOptions, RetryPolicy};
-pub use hoist_spec::{Digest, ImageMetadata, Platform, Reference};
-pub use hoist_store::FsckReport;
+pub use hoist_registry::{
+    is_refused_ip, literal_ip, Credentials, RegistryError, RegistryOptions, RetryPolicy,
+};
+pub use hoist_spec::{Cancel, Digest, ImageMetadata, Platform, Reference, SpecError};
+pub use hoist_store::temp::{owner_is_gone as temp_owner_is_gone, stale_beside};
+pub use hoist_store::{FsckReport, GcReport, Removed};

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use hoist_registry::{BlobSink, RawManifest, RegistryClient};
+use hoist_registry::{BlobSink, Call, RawManifest, RegistryClient};
 use hoist_spec::{Descriptor, Digest, Reference, SpecError};
 
 use crate::error::Error;
@@ -87,6 +87,7 @@ pub(crate) trait Fetcher: Sync {
 pub(crate) struct Remote<'a> {
     pub client: &'a RegistryClient,
     pub reference: Reference,
+    pub call: Call,
 }
 
 impl Fetcher for Remote<'_> {
@@ -96,17 +97,17 @@ impl Fetcher for Remote<'_> {
     fn root(&self) -> Result<RawManifest, Error> {
         Ok(self
             .client
-            .get_manifest(&self.reference, &self.reference.target())?)
+            .get_manifest(&self.reference, &self.reference.target(), &self.call)?)
     }
     fn manifest(&self, d: &Descriptor) -> Result<RawManifest, Error> {
         Ok(self
             .client
-            .get_manifest(&self.reference, &d.digest.to_string())?)
+            .get_manifest(&self.reference, &d.digest.to_string(), &self.call)?)
     }
     fn blob(&self, d: &Descriptor, sink: &mut dyn BlobSink) -> Result<(), Error> {
         Ok(self
             .client
-            .fetch_blob(&self.reference, &d.digest, d.size, sink)?)
+            .fetch_blob(&self.reference, &d.digest, d.size, sink, &self.call)?)
     }
     fn cache_name(&self) -> Option<String> {
         self.reference

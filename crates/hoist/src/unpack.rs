@@ -1,20 +1,23 @@
 //! `Client::unpack`: pull through the cache, validate, then apply the layers
 //! into a sibling temp directory that is renamed into place only on success.
 
+use std::cell::Cell;
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::Write;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
-use hoist_spec::{Digest, ImageConfig, ImageManifest, ImageMetadata, Platform};
+use hoist_spec::{Cancel, Digest, ImageConfig, ImageManifest, ImageMetadata, Platform};
+use hoist_store::temp::DirLock;
 use hoist_unpack::{
-    LayerStream, Ownership, TreeMeta, UnpackError, UnpackOptions as LayerOptions, Unpacker,
+    Guard, LayerStream, Ownership, UnpackError, UnpackOptions as LayerOptions, Unpacker,
 };
 use serde::Serialize;
 
 use crate::client::{Client, PullEvents, Pulled};
 use crate::error::Error;
+use crate::op::{Limits, Op};
+use crate::progress::Event;
 use crate::source::ImageSource;
 
 /// How to unpack. `Default` preserves owners as root and maps them to the
@@ -121,10 +124,82 @@ impl Pipeline {
 }
 
 /// What `pull_and_stream` hands its consumer: `Start` once the config has
-/// been validated, then each layer in order.
+/// been validated, then each layer's uncompressed tar stream in order.
 pub(crate) enum Step<'s> {
     Start,
-    Layer(&'s mut LayerStream),
+    Layer(&'s mut dyn Read),
+}
+
+/// The compressed blob as the decompressor reads it: stops when the op is
+/// cancelled, and reports how far the layer has been applied.
+struct BlobReader {
+    file: std::fs::File,
+    cancel: Cancel,
+    op: Op,
+    index: usize,
+    count: usize,
+    size: u64,
+    read: u64,
+    reported: u64,
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.cancel.check().map_err(std::io::Error::other)?;
+        let n = self.file.read(buf)?;
+        self.read += n as u64;
+        if self.read - self.reported >= 1 << 20 || (n == 0 && self.read != self.reported) {
+            self.reported = self.read;
+            self.op.emit(Event::Applying {
+                index: self.index,
+                count: self.count,
+                bytes: self.read,
+                size: self.size,
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// The uncompressed stream, held to the image's byte budget and to the
+/// bomb ratio. A violation is kept in `exceeded` (the tar reader would
+/// flatten a typed error into text) and reported by `stream_layers`.
+struct Budget<'a> {
+    inner: &'a mut LayerStream,
+    total: &'a Cell<u64>,
+    layer: u64,
+    compressed: u64,
+    limits: Limits,
+    what: &'a str,
+    exceeded: &'a Cell<Option<(&'static str, u64, u64)>>,
+}
+
+impl Read for Budget<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.layer += n as u64;
+        self.total.set(self.total.get() + n as u64);
+        let l = &self.limits;
+        let over = if self.total.get() > l.max_image_bytes {
+            Some(("uncompressed bytes", l.max_image_bytes, self.total.get()))
+        } else if self.layer > 1 << 30 && self.layer / self.compressed.max(1) > l.max_ratio {
+            Some((
+                "times its compressed size (a decompression bomb?)",
+                l.max_ratio,
+                self.layer / self.compressed.max(1),
+            ))
+        } else {
+            None
+        };
+        if let Some(v) = over {
+            self.exceeded.set(Some(v));
+            return Err(std::io::Error::other(format!(
+                "{}: over the limit of {}",
+                self.what, v.1
+            )));
+        }
+        Ok(n)
+    }
 }
 
 /// Where the verified layer streams go; returns the entries applied.
@@ -141,6 +216,7 @@ impl Client {
         verify_blobs: bool,
         what: &str,
         apply: &mut Consumer<'_>,
+        op: &Op,
     ) -> Result<Option<u64>, Error> {
         let Some((manifest, config)) = pipe.wait(|st| st.plan.clone()) else {
             return Ok(None);
@@ -156,7 +232,10 @@ impl Client {
             source,
         };
         let mut entries = 0;
-        for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
+        let total = Cell::new(0u64);
+        let exceeded = Cell::new(None);
+        let count = manifest.layers.len();
+        for (index, (layer, diff_id)) in manifest.layers.iter().zip(&diff_ids).enumerate() {
             let d = &layer.descriptor;
             if pipe
                 .wait(|st| st.ready.contains(&d.digest).then_some(()))
@@ -164,14 +243,47 @@ impl Client {
             {
                 return Ok(None);
             }
-            let blob = self.store().open_blob(&d.digest, d.size)?;
+            let blob = BlobReader {
+                file: self.store().open_blob(&d.digest, d.size)?,
+                cancel: op.cancel.clone(),
+                op: op.clone(),
+                index,
+                count,
+                size: d.size,
+                read: 0,
+                reported: 0,
+            };
             let mut stream = LayerStream::new(
                 blob,
                 layer.compression,
                 verify_blobs.then(|| d.digest.algorithm()),
                 diff_id.algorithm(),
             );
-            entries += apply(Step::Layer(&mut stream))?;
+            let mut budget = Budget {
+                inner: &mut stream,
+                total: &total,
+                layer: 0,
+                compressed: d.size,
+                limits: op.limits,
+                what,
+                exceeded: &exceeded,
+            };
+            let applied = apply(Step::Layer(&mut budget));
+            if let Some((kind, limit, actual)) = exceeded.get() {
+                return Err(Error::Limit {
+                    image: what.to_string(),
+                    what: kind,
+                    limit,
+                    actual,
+                });
+            }
+            let n = applied?;
+            entries += n;
+            op.emit(Event::LayerApplied {
+                index,
+                count,
+                entries: n,
+            });
             let got = stream
                 .finish()
                 .map_err(|e| unpack_err(UnpackError::Read(e)))?;
@@ -196,11 +308,16 @@ impl Client {
     /// Pull `src` on its own thread while `stream_layers` feeds the layers
     /// to `apply` as they are verified into the cache. `start` runs once
     /// the config has been validated, before the first layer.
+    ///
+    /// A failure on either side stops the other: the apply side cancels the
+    /// pull's child token (no more layers are downloaded), and a failed
+    /// pull wakes the apply side, which then reports the pull's error.
     pub(crate) fn pull_and_stream(
         &self,
         src: &ImageSource,
         verify_blobs: bool,
         apply: &mut Consumer<'_>,
+        op: &Op,
     ) -> Result<(Pulled, ImageConfig, u64), Error> {
         let what = src.to_string();
         let pipe = Pipeline {
@@ -208,15 +325,26 @@ impl Client {
             state: Mutex::new(PipeState::default()),
             cv: Condvar::new(),
         };
+        let pull_op = op.child();
         let (pulled, applied) = std::thread::scope(|s| {
             let puller = s.spawn(|| {
-                let r = self.pull_checked(src, &pipe);
+                let r = self.pull_checked(src, &pipe, &pull_op);
                 pipe.finish();
                 r
             });
-            let applied = self.stream_layers(&pipe, verify_blobs, &what, apply);
+            let applied = self.stream_layers(&pipe, verify_blobs, &what, apply, op);
+            if applied.is_err() {
+                pull_op.cancel.cancel();
+            }
             (puller.join().expect("the pull thread panicked"), applied)
         });
+        // The apply side's error is the cause when it failed first: the
+        // pull's is then only "cancelled".
+        if let (Err(_), Err(e)) = (&pulled, &applied) {
+            if !matches!(e, Error::Cancelled) && pull_op.cancel.is_cancelled() {
+                return Err(applied.expect_err("checked"));
+            }
+        }
         let (pulled, _manifest, config) = pulled?;
         match applied? {
             Some(entries) => Ok((pulled, config, entries)),
@@ -235,6 +363,28 @@ impl Client {
         src: &ImageSource,
         dir: &Path,
         opts: &UnpackOptions,
+        op: &Op,
+    ) -> Result<Unpacked, Error> {
+        op.finished(self.unpack_inner(src, dir, opts, op))
+    }
+
+    /// `unpack` without the op's end events: a step of an export.
+    pub(crate) fn unpack_inner_for_export(
+        &self,
+        src: &ImageSource,
+        dir: &Path,
+        opts: &UnpackOptions,
+        op: &Op,
+    ) -> Result<Unpacked, Error> {
+        self.unpack_inner(src, dir, opts, op)
+    }
+
+    fn unpack_inner(
+        &self,
+        src: &ImageSource,
+        dir: &Path,
+        opts: &UnpackOptions,
+        op: &Op,
     ) -> Result<Unpacked, Error> {
         let what = src.to_string();
         let existed = check_target(dir)?;
@@ -242,29 +392,49 @@ impl Client {
         let ownership = opts
             .ownership
             .unwrap_or_else(Ownership::default_for_process);
-        let tmp = crate::stale::temp_beside(dir, None)
+        let tmp = crate::stale::temp_beside(dir, "tree")
             .ok_or_else(|| target_err(dir, "names no directory"))?;
+        let mut lock: Option<DirLock> = None;
         // The pull runs on its own thread and reports each layer as it is
         // verified; layers are applied in order as soon as they are there.
         let mut unpacker: Option<Unpacker> = None;
-        let streamed = self.pull_and_stream(src, opts.verify_blobs, &mut |step| {
-            let unpack_err = |source| Error::Unpack {
-                image: what.clone(),
-                source,
-            };
-            match step {
-                Step::Start => {
-                    std::fs::create_dir(&tmp).map_err(|e| target_err(&tmp, e.to_string()))?;
-                    let u = Unpacker::new(&tmp, LayerOptions { ownership }).map_err(unpack_err)?;
-                    unpacker = Some(u);
-                    Ok(0)
+        let streamed = self.pull_and_stream(
+            src,
+            opts.verify_blobs,
+            &mut |step| {
+                let unpack_err = |source| Error::Unpack {
+                    image: what.clone(),
+                    source,
+                };
+                match step {
+                    Step::Start => {
+                        lock = Some(
+                            DirLock::create(&tmp).map_err(|e| target_err(&tmp, e.to_string()))?,
+                        );
+                        let u = Unpacker::new(
+                            &tmp,
+                            LayerOptions {
+                                ownership,
+                                guard: Guard::new(
+                                    Some(op.cancel.clone()),
+                                    Some(op.limits.max_entries),
+                                ),
+                            },
+                        )
+                        .map_err(unpack_err)?;
+                        unpacker = Some(u);
+                        Ok(0)
+                    }
+                    Step::Layer(stream) => {
+                        let u = unpacker.as_mut().expect("started");
+                        Ok(u.apply_layer(&mut &mut *stream)
+                            .map_err(unpack_err)?
+                            .entries)
+                    }
                 }
-                Step::Layer(stream) => {
-                    let u = unpacker.as_mut().expect("started");
-                    Ok(u.apply_layer(stream).map_err(unpack_err)?.entries)
-                }
-            }
-        });
+            },
+            op,
+        );
         let cleanup = || {
             if tmp.exists() {
                 if let Err(rm) = hoist_unpack::remove_tree(&tmp) {
@@ -290,7 +460,9 @@ impl Client {
                 });
             }
         };
-        let tree_metadata = self.write_tree_meta(&pulled.digest, &tree)?;
+        let tree_metadata = self
+            .store()
+            .write_tree_meta(&pulled.digest, |w| tree.write_to(w))?;
         if existed {
             std::fs::remove_dir(dir).map_err(|e| target_err(dir, e.to_string()))?;
         }
@@ -298,6 +470,7 @@ impl Client {
             let _ = hoist_unpack::remove_tree(&tmp);
             return Err(target_err(dir, e.to_string()));
         }
+        drop(lock);
         Ok(Unpacked {
             source: what,
             digest: pulled.digest,
@@ -317,28 +490,6 @@ impl Client {
     /// The recorded tree metadata of an unpacked image, kept in the cache
     /// beside its blobs: `.hoist/trees/<digest hex>.v2.txt`.
     pub fn tree_metadata_path(&self, digest: &Digest) -> PathBuf {
-        self.layout_path()
-            .join(".hoist")
-            .join("trees")
-            .join(format!("{}.v2.txt", digest.hex()))
-    }
-
-    fn write_tree_meta(&self, digest: &Digest, tree: &TreeMeta) -> Result<PathBuf, Error> {
-        let path = self.tree_metadata_path(digest);
-        let dir = path.parent().expect("has a parent");
-        let io = |e: std::io::Error| {
-            Error::Store(hoist_store::StoreError::Io {
-                path: path.clone(),
-                source: e,
-            })
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = dir.join(format!(".{}.{}.partial", digest.hex(), std::process::id()));
-        let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(io)?);
-        tree.write_to(&mut f).map_err(io)?;
-        f.flush().map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        Ok(path)
+        self.store().tree_meta_path(digest)
     }
 }

@@ -52,6 +52,9 @@ pub struct Ext4Options {
     pub hash_seed: [u8; 16],
     /// The superblock's times (inodes carry the tar headers' mtimes).
     pub timestamp: i64,
+    /// Checked at every flush of the write buffer: a cancelled export
+    /// stops within one buffer (8 MiB) of writing.
+    pub cancel: Option<hoist_spec::Cancel>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +155,9 @@ impl Ext4Builder {
     }
 
     pub(crate) fn flush(&mut self) -> io::Result<()> {
+        if let Some(c) = &self.opts.cancel {
+            c.check().map_err(io::Error::other)?;
+        }
         if !self.buf.is_empty() {
             self.file.write_all_at(&self.buf, self.buf_start * BLOCK)?;
             self.buf_start += (self.buf.len() as u64) / BLOCK;

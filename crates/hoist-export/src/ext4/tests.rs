@@ -225,6 +225,7 @@ fn opts() -> Ext4Options {
         uuid: *b"0123456789abcdef",
         hash_seed: *b"fedcba9876543210",
         timestamp: 1_700_000_000,
+        cancel: None,
     }
 }
 

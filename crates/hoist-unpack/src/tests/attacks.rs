@@ -279,3 +279,49 @@ fn mutated_attack_archives_stay_contained() {
     }
     assert_eq!(before, sb.outside_state());
 }
+
+#[test]
+fn an_entry_budget_stops_a_layer_of_many_entries_at_the_limit() {
+    let names: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+    let mut tar = super::tarb::Tar::new();
+    for n in &names {
+        tar = tar.add(super::tarb::file(n, b"x"));
+    }
+    let layer = tar.finish();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let mut u = crate::Unpacker::new(
+        &root,
+        crate::UnpackOptions {
+            guard: crate::Guard::new(None, Some(10)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = u.apply_layer(&mut &layer[..]).unwrap_err();
+    assert!(
+        matches!(e, crate::UnpackError::TooManyEntries { limit: 10 }),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        10,
+        "no entry past the limit"
+    );
+
+    let cancel = hoist_spec::Cancel::new();
+    cancel.cancel();
+    let mut t: crate::MergedTree<()> = crate::MergedTree::new();
+    t.set_guard(crate::Guard::new(Some(cancel), None));
+    struct Sink;
+    impl crate::ContentSink for Sink {
+        type Handle = ();
+        fn store(&mut self, _: u64, r: &mut dyn std::io::Read) -> std::io::Result<()> {
+            std::io::copy(r, &mut std::io::sink()).map(|_| ())
+        }
+        fn release(&mut self, _: ()) {}
+    }
+    let e = t.apply_layer(&mut &layer[..], &mut Sink).unwrap_err();
+    assert!(matches!(e, crate::UnpackError::Cancelled), "{e}");
+}

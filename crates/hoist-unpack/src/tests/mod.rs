@@ -22,7 +22,13 @@ pub fn apply(
     let root = dir.join("root");
     std::fs::create_dir_all(&root).unwrap();
     let res = (|| {
-        let mut u = Unpacker::new(&root, UnpackOptions { ownership })?;
+        let mut u = Unpacker::new(
+            &root,
+            UnpackOptions {
+                ownership,
+                ..UnpackOptions::default()
+            },
+        )?;
         for l in layers {
             u.apply_layer(&mut &l[..])?;
         }
