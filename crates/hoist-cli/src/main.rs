@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use hoist::{Client, ClientOptions, Credentials, ImageSource, Platform, RegistryOptions};
+use hoist::{
+    Client, ClientOptions, Credentials, ImageSource, Limits, Op, Platform, Progress,
+    RegistryOptions,
+};
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +84,33 @@ struct Global {
     /// Blobs downloaded at once.
     #[arg(long, global = true, default_value_t = 4, value_name = "N")]
     concurrency: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Hard limits on untrusted images (unpack, export, serve).
+#[derive(clap::Args, Clone)]
+struct LimitArgs {
+    /// Refuse an image whose layers inflate to more than this (e.g. 64G).
+    #[arg(long, global = true, value_parser = parse_size, default_value = "64G", value_name = "BYTES")]
+    max_image_bytes: u64,
+    /// Refuse an image with more tar entries than this.
+    #[arg(long, global = true, default_value_t = 5_000_000, value_name = "N")]
+    max_entries: u64,
+    /// Refuse an image with more layers than this.
+    #[arg(long, global = true, default_value_t = 256, value_name = "N")]
+    max_layers: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_image_bytes: self.max_image_bytes,
+            max_entries: self.max_entries,
+            max_layers: self.max_layers,
+            ..Limits::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -126,12 +156,101 @@ enum Command {
     },
     /// List the images in the cache.
     Images,
+    /// Remove names from the cache; an image goes with its last name (a
+    /// digest reference removes the image). Blobs stay until `hoist gc`.
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Delete blobs that no cache entry (and no running pull) reaches, and
+    /// stale temp files; print what and how many bytes.
+    Gc {
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run the image service (hypeman's image API) in the foreground.
+    Serve(ServeArgs),
     /// Verify every blob and image in the cache.
     Fsck {
         /// Delete corrupt blobs, stale temp files and incomplete entries.
         #[arg(long)]
         repair: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; anything but loopback needs a token.
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR:PORT")]
+    listen: std::net::SocketAddr,
+    /// Where the cache (DIR/cache), the disks (DIR/images) and the state
+    /// (DIR/state.db) live [default: $XDG_DATA_HOME/hoist or ~/.local/share/hoist].
+    #[arg(long, env = "HOIST_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Builds that run at once.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    max_concurrent_builds: usize,
+    /// Disk format of every build.
+    #[arg(long, value_enum, default_value = "ext4")]
+    format: FormatArg,
+    /// File holding the bearer token every endpoint but /healthz requires
+    /// (or set HOIST_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Registries (host globs: registry.example.com, *.corp, 127.0.0.1:*)
+    /// that a request may name; default: any but link-local addresses.
+    #[arg(long = "allowed-registries", value_name = "PATTERN", num_args = 1..)]
+    allowed_registries: Vec<String>,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("hoist");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ".".into());
+    home.join(".local").join("share").join("hoist")
+}
+
+fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
+    let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    let mut opts = options(g)?;
+    opts.cache_dir = data_dir.join("cache");
+    // A POSTed name makes the server connect where the caller chose.
+    opts.registry.refuse_link_local = true;
+    let token = match &a.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| Usage(format!("--token-file {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("HOIST_TOKEN").ok(),
+    }
+    .filter(|t| !t.is_empty());
+    let client = Client::new(opts)?;
+    hoist_serve::run(
+        client,
+        hoist_serve::ServeOptions {
+            listen: a.listen,
+            data_dir,
+            max_concurrent_builds: a.max_concurrent_builds,
+            format: match a.format {
+                FormatArg::Ext4 => hoist::Format::Ext4,
+                FormatArg::Erofs => hoist::Format::Erofs,
+                FormatArg::Cpio => hoist::Format::Cpio { gzip: false },
+            },
+            token,
+            allowed_registries: a.allowed_registries.clone(),
+            limits: g.limits.limits(),
+        },
+    )
+    .map_err(|e| match e {
+        hoist_serve::ServeError::NoToken(_) => anyhow::Error::new(Usage(e.to_string())),
+        e => anyhow::Error::new(e),
+    })
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -234,10 +353,17 @@ fn options(g: &Global) -> anyhow::Result<ClientOptions> {
     }
     o.registry = r;
     o.concurrency = g.concurrency.max(1);
-    if !g.quiet && !g.json && std::io::stderr().is_terminal() {
-        o.progress = Arc::new(progress::Bars::new());
-    }
     Ok(o)
+}
+
+/// The context of the command's one operation: progress bars on a
+/// terminal, and the limits.
+fn op(g: &Global) -> Op {
+    let mut op = Op::new().with_limits(g.limits.limits());
+    if !g.quiet && !g.json && std::io::stderr().is_terminal() {
+        op = op.with_progress(Arc::new(progress::Bars::new()) as Arc<dyn Progress>);
+    }
+    op
 }
 
 fn source(s: &str) -> anyhow::Result<ImageSource> {
@@ -246,15 +372,19 @@ fn source(s: &str) -> anyhow::Result<ImageSource> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
+    if let Command::Serve(a) = &cli.command {
+        return serve(g, a);
+    }
     let opts = options(g)?;
     let client = Client::new(opts)?;
+    let op = op(g);
     match &cli.command {
         Command::Inspect { image } => {
-            let i = client.inspect(&source(image)?)?;
+            let i = client.inspect(&source(image)?, &op)?;
             output::inspection(&i, g.json)
         }
         Command::Pull { image } => {
-            let p = client.pull(&source(image)?)?;
+            let p = client.pull(&source(image)?, &op)?;
             output::pulled(&p, g.json, g.quiet)
         }
         Command::Unpack {
@@ -271,7 +401,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 verify_blobs: *verify_blobs,
             };
-            let u = client.unpack(&source(image)?, dir, &opts)?;
+            let u = client.unpack(&source(image)?, dir, &opts, &op)?;
             if let Some(f) = metadata_out {
                 std::fs::write(f, serde_json::to_vec_pretty(&u)?)
                     .with_context(|| format!("writing {}", f.display()))?;
@@ -300,10 +430,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 size: *size,
                 ownership: None,
             };
-            let e = client.export(&source(image)?, out, &opts)?;
+            let e = client.export(&source(image)?, out, &opts, &op)?;
             output::exported(&e, g.json)
         }
+        Command::Serve(_) => unreachable!("handled above"),
         Command::Images => output::images(&client.images()?, g.json),
+        Command::Rm { images } => {
+            let srcs = images
+                .iter()
+                .map(|i| source(i))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            output::removed(&client.remove(&srcs)?, g.json)
+        }
+        Command::Gc { dry_run } => output::gc(&client.gc(*dry_run)?, g.json),
         Command::Fsck { repair } => {
             let r = client.fsck(*repair)?;
             output::fsck(&r, g.json)?;

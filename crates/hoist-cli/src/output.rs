@@ -1,6 +1,9 @@
 //! Human and `--json` renderings of the library's results.
 
-use hoist::{Exported, FsckReport, ImageMetadata, ImageSummary, Inspection, Pulled, Unpacked};
+use hoist::{
+    Exported, FsckReport, GcReport, ImageMetadata, ImageSummary, Inspection, Pulled, Removed,
+    Unpacked,
+};
 
 fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
@@ -198,6 +201,49 @@ pub fn fsck(r: &FsckReport, as_json: bool) -> anyhow::Result<()> {
         } else {
             "problems found (run `hoist fsck --repair`)"
         }
+    );
+    Ok(())
+}
+
+pub fn removed(r: &[Removed], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(&r);
+    }
+    for x in r {
+        let what = if x.name.is_empty() {
+            x.digest.to_string()
+        } else {
+            x.name.clone()
+        };
+        if x.image_removed {
+            println!("Removed: {what} (image {})", x.digest);
+        } else {
+            println!("Untagged: {what}");
+        }
+    }
+    Ok(())
+}
+
+pub fn gc(r: &GcReport, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(r);
+    }
+    let verb = if r.dry_run { "Would delete" } else { "Deleted" };
+    for d in &r.blobs {
+        println!("{verb} blob {d}");
+    }
+    for p in &r.temp_files {
+        println!("{verb} temp file {}", p.display());
+    }
+    println!(
+        "{verb} {} blobs ({}) and {} temp files ({}); {} tree metadata files, {} stale leases; {} live leases kept",
+        r.blobs.len(),
+        human_size(r.blob_bytes),
+        r.temp_files.len(),
+        human_size(r.temp_bytes),
+        r.tree_files.len(),
+        r.stale_leases,
+        r.live_leases
     );
     Ok(())
 }
