@@ -49,11 +49,16 @@ struct CreateBody {
     name: String,
 }
 
-async fn create(
-    State(svc): S,
-    body: Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::new(400, "invalid_request", e.body_text()))?;
+/// The body is read as JSON whatever its content type says: `curl -d`
+/// sends a form type, and the request is unambiguous.
+async fn create(State(svc): S, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let body: CreateBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            400,
+            "invalid_request",
+            format!("the body must be {{\"name\": REF}}: {e}"),
+        )
+    })?;
     let r = parse_name(&body.name)?;
     svc.check_allowed(&r)?;
     let s2 = svc.clone();

@@ -345,6 +345,11 @@ impl Service {
         let row = match existing {
             Some(row) => {
                 db.set_name(&name, &digest).map_err(ApiError::internal)?;
+                if row.status == Status::Ready {
+                    drop(db);
+                    self.link_tags(&row);
+                    db = self.db();
+                }
                 if row.status == Status::Failed {
                     db.requeue(&digest).map_err(ApiError::internal)?;
                     drop(db);

@@ -8,6 +8,8 @@ mod auth;
 mod cli;
 mod export;
 mod faults;
+mod gc;
 mod pull;
 mod robustness;
+mod serve;
 mod unpack;

@@ -2,6 +2,7 @@ pub mod faults;
 pub mod http;
 pub mod image;
 pub mod registry;
+pub mod server;
 pub mod token;
 pub mod treesum;
 
