@@ -43,11 +43,7 @@ impl Progress for Tracker {
             p.bytes_done = p.blobs.values().sum();
         };
         match *e {
-            Event::Resolving { .. } => {
-                if p.stage.is_empty() {
-                    p.stage = "resolving"
-                }
-            }
+            Event::Resolving { .. } if p.stage.is_empty() => p.stage = "resolving",
             Event::Resolved { layers, bytes, .. } => {
                 p.stage = "pulling";
                 p.bytes_total = bytes;
