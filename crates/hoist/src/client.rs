@@ -508,12 +508,15 @@ impl Client {
 
     /// Pull, telling `events` the manifest and config before any layer is
     /// fetched (it may refuse them), and each layer as it is in the cache.
+    /// The returned lease holds the image's blobs against GC for as long as
+    /// the caller keeps it (an unpack keeps it until the layers are
+    /// applied: `rm` then `gc` meanwhile cannot take a blob from under it).
     pub(crate) fn pull_checked(
         &self,
         src: &ImageSource,
         events: &dyn PullEvents,
         op: &Op,
-    ) -> Result<(Pulled, ImageManifest, ImageConfig), Error> {
+    ) -> Result<(Pulled, ImageManifest, ImageConfig, Lease), Error> {
         let what = src.to_string();
         let f = self.fetcher(src, op);
         let r = self.resolve(f.as_ref(), &what, op)?;
@@ -589,8 +592,7 @@ impl Client {
             bytes_fetched: bytes,
             layout: self.store().root().to_path_buf(),
         };
-        drop(lease);
-        Ok((pulled, r.manifest, cfg))
+        Ok((pulled, r.manifest, cfg, lease))
     }
 
     /// Name in `lease` every blob the resolved image is made of.

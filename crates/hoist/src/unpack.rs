@@ -345,7 +345,8 @@ impl Client {
                 return Err(applied.expect_err("checked"));
             }
         }
-        let (pulled, _manifest, config) = pulled?;
+        // The lease was held until every layer was applied; it goes now.
+        let (pulled, _manifest, config, _lease) = pulled?;
         match applied? {
             Some(entries) => Ok((pulled, config, entries)),
             None => Err(Error::Target {

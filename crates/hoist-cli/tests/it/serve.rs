@@ -446,3 +446,63 @@ fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without a token"));
 }
+
+#[test]
+fn deleting_a_building_image_cancels_its_build_and_removes_its_files() {
+    let f = FaultRegistry::start();
+    slow_many_files(&f, 805);
+    f.set(|p| p.chunk_delay = Duration::from_millis(40));
+    let slow = format!("{}/cancel/serve:v1", f.host());
+    let reg = &registries().plain;
+    let repo = unique_repo("serve-queue");
+    reg.push_image(&repo, "v1", &sample_image(806, 16));
+    let next = format!("{}/{repo}:v1", reg.host);
+    let h = Hoist::new();
+    let data = h.home.path().to_path_buf();
+    let s = Server::start(&h, &data, None, &[]);
+    assert_eq!(s.create(&slow).0, 202);
+    let end = Instant::now() + Duration::from_secs(30);
+    while s.image(&slow).1["status"] != "pulling" {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One build at a time: the next image waits, first in line.
+    let (_, r) = s.create(&next);
+    assert_eq!(r["status"], "pending");
+    assert_eq!(r["queue_position"], 1, "{r}");
+    // Progress: bytes held of the layers' total, while pulling.
+    let p = loop {
+        let p = s.image(&slow).1["progress"].clone();
+        if p["bytes_done"].as_u64().unwrap_or(0) > 0 {
+            break p;
+        }
+        assert!(Instant::now() < end, "no progress: {p}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        p["bytes_total"].as_u64().unwrap() >= p["bytes_done"].as_u64().unwrap(),
+        "{p}"
+    );
+    assert_eq!(p["layers_total"], 2, "{p}");
+
+    let t = Instant::now();
+    assert_eq!(s.delete(&slow).0, 204);
+    assert_eq!(s.image(&slow).0, 404);
+    s.wait_ready(&[&next], Duration::from_secs(60));
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "the cancelled build held the queue for {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        s.metric("hoist_images_build_duration_seconds_count{status=\"cancelled\"}"),
+        Some(1.0)
+    );
+    let dir = data
+        .join("images")
+        .join(format!("{}/cancel/serve", f.host()));
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
