@@ -152,6 +152,44 @@ fn serve_builds_once_per_digest_and_answers_hypemans_image_api() {
     for (m, p) in hoist_serve::ROUTES {
         assert!(doc["paths"][p][m].is_object(), "{m} {p} undocumented");
     }
+    // Every documented operation is served: the real server answers it
+    // with a route of its own (never the router's bare 404 or a 405).
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut ops = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in item.as_object().unwrap().keys() {
+            let url = format!("{}{}", s.url, path.replace("{name}", "nope%2Fnope%3Av1"));
+            let method: reqwest::Method = m.to_uppercase().parse().unwrap();
+            let r = http
+                .request(method, &url)
+                .bearer_auth(TOKEN)
+                .body("{\"name\":\"NOT A NAME\"}")
+                .send()
+                .unwrap();
+            let st = r.status().as_u16();
+            let body = r.text().unwrap();
+            assert_ne!(st, 405, "{m} {path}");
+            assert!(
+                st != 404 || body.contains("not_found"),
+                "{m} {path}: {st} {body}"
+            );
+            ops += 1;
+        }
+    }
+    assert_eq!(ops, hoist_serve::ROUTES.len());
+    let r = http
+        .get(format!("{}/undocumented", s.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        404,
+        "an undocumented route is not served"
+    );
     let log = s.log.lock().unwrap().clone();
     assert!(!log.contains(TOKEN), "the token must not be logged");
 }
