@@ -445,27 +445,56 @@ fn link_local_registries_are_refused_without_a_packet_inside_a_loopback_only_net
     // The server runs in its own netns, so the test talks to it from
     // inside too: curl in the same namespace, through one shell.
     let body = |n: &str| format!("{{\"name\":\"{n}\"}}");
+    // A name that resolves to a metadata address (an /etc/hosts of the
+    // namespace's own), and a registry on loopback whose every answer is a
+    // redirect to one (a tiny python server inside the namespace).
+    let hosts = h.home.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n169.254.169.254 metadata.test\n",
+    )
+    .unwrap();
+    let redirector = [
+        "import http.server as h",
+        "class R(h.BaseHTTPRequestHandler):",
+        "    def do_GET(self):",
+        "        self.send_response(307)",
+        "        self.send_header('Location', 'http://169.254.169.254/latest/meta-data')",
+        "        self.end_headers()",
+        "    def log_message(self, *a):",
+        "        pass",
+        "h.HTTPServer(('127.0.0.1', 18555), R).serve_forever()",
+    ]
+    .join("\n");
+    let py = h.home.path().join("redirect.py");
+    std::fs::write(&py, redirector).unwrap();
     let probe = format!(
-        "({script}) >/dev/null 2>{log} & pid=$!; \
+        "mount --bind {hosts} /etc/hosts; python3 {py} >/dev/null 2>&1 & rpid=$!; \
+         ({script}) >/dev/null 2>{log} & pid=$!; \
          for i in $(seq 100); do grep -q 'listening on' {log} && break; sleep 0.1; done; \
          url=$(sed -n 's/.*listening on //p' {log} | head -1); \
-         for n in '{a}' '{b}'; do curl -s -o /dev/null -w '%{{http_code}}\\n' -XPOST \"$url/images\" -d \"$n\"; done; \
-         kill $pid; wait $pid",
+         for n in '{a}' '{b}' '{c}' '{d}'; do curl -s -o /dev/null -w '%{{http_code}}\\n' -XPOST \"$url/images\" -d \"$n\"; done; \
+         kill $pid $rpid; wait $pid",
+        hosts = hosts.display(),
+        py = py.display(),
         log = h.home.path().join("serve.log").display(),
         a = body("169.254.169.254/latest/meta:data"),
-        b = body("10.255.255.1:5000/not/routed:v1"),
+        b = body("metadata.test:5000/x/y:z"),
+        c = body("127.0.0.1:18555/x/y:z"),
+        d = body("10.255.255.1:5000/not/routed:v1"),
     );
     let out = std::process::Command::new("unshare")
-        .args(["--net", "sh", "-c", &probe])
+        .args(["--net", "--mount", "sh", "-c", &probe])
         .output()
         .unwrap();
     let codes = String::from_utf8_lossy(&out.stdout).to_string();
     let lines: Vec<&str> = codes.lines().collect();
     assert_eq!(
         lines,
-        vec!["403", "502"],
-        "link-local: 403; an ordinary unreachable address: 502\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        vec!["403", "403", "403", "502"],
+        "named, resolved, redirected to link-local: 403; an ordinary unreachable address: 502\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(h.home.path().join("serve.log")).unwrap_or_default()
     );
 }
 
@@ -543,4 +572,39 @@ fn deleting_a_building_image_cancels_its_build_and_removes_its_files() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn registry_refusals_keep_their_meaning_429_with_retry_after_and_403_denied() {
+    let f = FaultRegistry::start();
+    f.add_image("v1", &sample_image(807, 4));
+    f.set(|p| {
+        p.rate_limit = 1;
+        p.retry_after_secs = 42;
+    });
+    let h = Hoist::new();
+    let data = h.home.path().to_path_buf();
+    let s = Server::start(&h, &data, None, &[]);
+    let r = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/images", s.url))
+        .body(json!({"name": format!("{}/limited/x:v1", f.host())}).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.headers()["retry-after"], "42");
+    let v: serde_json::Value = serde_json::from_str(&r.text().unwrap()).unwrap();
+    assert_eq!(v["code"], "rate_limited");
+    // The token registry refuses anonymous pulls: 403, not a 500.
+    let regs = registries();
+    let repo = unique_repo("serve-denied");
+    regs.token.push_image(&repo, "v1", &sample_image(808, 4));
+    let (st, e) = s.create(&format!("{}/{repo}:v1", regs.token.host));
+    assert_eq!(
+        (st, e["code"].clone()),
+        (403, json!("registry_denied")),
+        "{e}"
+    );
 }
