@@ -276,3 +276,33 @@ fn sigkill_during_unpack_leaves_no_dir_and_the_next_unpack_cleans_up() {
     let left = hoist_leftovers(h.home.path());
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A layer that fails to apply stops the pull of the layers after it: the
+/// slow second layer never reaches the cache (before, the pull thread went
+/// on downloading every remaining layer after the unpack had failed).
+#[test]
+fn a_layer_that_fails_to_apply_stops_the_remaining_downloads() {
+    let f = FaultRegistry::start();
+    // `.wh..` is an invalid whiteout: applying layer 1 fails.
+    let bad = crate::harness::image::Builder::new()
+        .layer(&[("etc/.wh..", b"")])
+        .layer(&[("big.bin", &crate::harness::image::noise(811, 4 << 20))])
+        .build();
+    f.add_image("v1", &bad);
+    f.set(|p| p.chunk_delay = Duration::from_millis(40));
+    let h = Hoist::new();
+    let r = format!("{}/pipeline/bad:v1", f.host());
+    let dir = h.home.path().join("root");
+    let err = h.fails(&["-q", "unpack", &r, dir.to_str().unwrap()], 1);
+    assert!(err.contains(".wh."), "{err}");
+    let big = bad.layers[1].digest();
+    let blob = h
+        .layout()
+        .join("blobs/sha256")
+        .join(&big["sha256:".len()..]);
+    assert!(
+        !blob.exists(),
+        "the second layer was downloaded after the failure"
+    );
+    assert!(!dir.exists());
+}

@@ -608,3 +608,41 @@ fn registry_refusals_keep_their_meaning_429_with_retry_after_and_403_denied() {
         "{e}"
     );
 }
+
+/// Two builds at once of two images that share a slow base layer: the
+/// shared blob is downloaded once (single flight across operations of the
+/// one client the server holds).
+#[test]
+fn two_concurrent_builds_sharing_a_layer_download_it_once() {
+    let f = FaultRegistry::start();
+    let base = image::noise(810, 2 << 20);
+    let a = Builder::new()
+        .layer(&[("base.bin", &base)])
+        .layer(&[("a", b"a")])
+        .build();
+    let b = Builder::new()
+        .layer(&[("base.bin", &base)])
+        .layer(&[("b", b"b")])
+        .build();
+    f.add_image("a", &a);
+    f.add_image("b", &b);
+    f.set(|p| p.chunk_delay = Duration::from_millis(15));
+    let h = Hoist::new();
+    let data = h.home.path().to_path_buf();
+    let s = Server::start(&h, &data, None, &["--max-concurrent-builds", "2"]);
+    let (na, nb) = (
+        format!("{}/shared/x:a", f.host()),
+        format!("{}/shared/x:b", f.host()),
+    );
+    assert_eq!(s.create(&na).0, 202);
+    assert_eq!(s.create(&nb).0, 202);
+    s.wait_ready(&[&na, &nb], Duration::from_secs(120));
+    let shared = a.layers[0].digest();
+    assert_eq!(a.layers[0].digest(), b.layers[0].digest());
+    let gets: Vec<String> = f
+        .requests("blobs")
+        .into_iter()
+        .filter(|l| l.contains(&shared))
+        .collect();
+    assert_eq!(gets.len(), 1, "the shared layer was fetched {gets:?}");
+}
