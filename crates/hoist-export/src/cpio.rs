@@ -97,6 +97,15 @@ pub fn write<W: Write>(tree: &Tree<'_>, w: W) -> Result<CpioStats, ExportError> 
             EntryType::Symlink => n.size,
             _ => 0,
         };
+        // newc's size field is 32 bits: a larger file would be written
+        // with a truncated size, a corrupt archive. Refuse it instead.
+        if size > u64::from(u32::MAX) {
+            return Err(ExportError::Unsupported(format!(
+                "/{}: a file of {size} bytes; a newc cpio archive holds files of at most {} bytes",
+                String::from_utf8_lossy(n.rel),
+                u32::MAX
+            )));
+        }
         header(
             &mut o,
             n.inode,
@@ -144,3 +153,36 @@ trait TakeExt: io::Read + Sized {
     }
 }
 impl<R: io::Read> TakeExt for R {}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use hoist_unpack::{EntryMeta, EntryType, TreeMeta};
+
+    #[test]
+    fn a_file_of_4_gib_or_more_is_an_error_not_a_truncated_size() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        // Sparse: costs no disk.
+        let f = std::fs::File::create(root.join("big")).unwrap();
+        f.set_len(4 << 30).unwrap();
+        let mut entries = BTreeMap::new();
+        entries.insert(Vec::new(), EntryMeta::implicit_dir());
+        let mut m = EntryMeta::implicit_dir();
+        m.kind = EntryType::File;
+        m.mode = 0o644;
+        entries.insert(b"big".to_vec(), m);
+        let meta = TreeMeta {
+            entries,
+            xattrs: BTreeMap::new(),
+        };
+        let tree = crate::Tree {
+            rootfs: &root,
+            meta: &meta,
+        };
+        let e = super::write(&tree, std::io::sink()).unwrap_err();
+        assert!(e.to_string().contains("at most 4294967295 bytes"), "{e}");
+    }
+}

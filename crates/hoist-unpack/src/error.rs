@@ -31,6 +31,12 @@ pub enum UnpackError {
     },
     #[error("cancelled")]
     Cancelled,
+    /// Longer than Linux's PATH_MAX: no file system hoist writes can hold
+    /// it, and refusing it early keeps path handling linear.
+    #[error("invalid layer archive: {path}: a path of {len} bytes, longer than PATH_MAX ({max})", max = crate::path::PATH_MAX)]
+    PathTooLong { path: String, len: usize },
+    #[error("invalid layer archive: {path}: a name of {len} bytes, longer than NAME_MAX ({max})", max = crate::path::NAME_MAX)]
+    NameTooLong { path: String, len: usize },
     #[error("the image has more than {limit} entries (--max-entries)")]
     TooManyEntries { limit: u64 },
     #[error("this kernel lacks openat2(RESOLVE_IN_ROOT) (Linux 5.6+), which hoist needs to unpack safely")]

@@ -419,6 +419,7 @@ impl Unpacker {
                         ))
                     })?
                     .into_owned();
+                path::check_target(&rel, &target)?;
                 self.clear_for(&rel, false)?;
                 let pfd = Self::parent(&mut self.root, &mut self.added, &mut self.tree, parent)?;
                 fs::symlinkat(&target[..], pfd, name).map_err(errno("symlink", &rel))?;
@@ -532,6 +533,7 @@ impl Unpacker {
             UnpackError::InvalidArchive(format!("{}: hardlink without target", show(&rel)))
         })?;
         let target = path::clean(&target_raw);
+        path::check(&target)?;
         if rel.is_empty() || target.is_empty() {
             return Err(UnpackError::InvalidArchive(format!(
                 "{}: hardlink to or of the root",

@@ -224,38 +224,47 @@ impl<H> MergedTree<H> {
                 show(rel)
             )));
         }
+        // One step per component from where the last one ended: walking
+        // from the root for every prefix made deep paths quadratic. Only
+        // a symlink on the way is resolved from the root, as the kernel
+        // does, and there are at most MAX_SYMLINKS of those per lookup.
         let mut cur = ROOT;
-        let mut prefix: Vec<u8> = Vec::new();
+        let mut prefix: Vec<u8> = Vec::with_capacity(rel.len());
         for comp in rel.split(|&b| b == b'/') {
-            let next = path::join(&prefix, comp);
-            cur = match self.lookup_dir(&next)? {
-                Some(id) => id,
-                None => match self.child(cur, comp) {
-                    None => {
-                        let id = self.push(Node {
-                            meta: EntryMeta::implicit_dir(),
-                            xattrs: Vec::new(),
-                            body: Body::Dir(BTreeMap::new()),
-                            links: 1,
-                        });
-                        self.link(cur, comp.to_vec(), id);
-                        self.added.insert(next.clone());
-                        id
+            let before = prefix.len();
+            if before > 0 {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(comp);
+            let parent = &prefix[..before];
+            cur = match self.child(cur, comp) {
+                Some(id) if matches!(self.node(id).body, Body::Dir(_)) => id,
+                None => {
+                    let id = self.push(Node {
+                        meta: EntryMeta::implicit_dir(),
+                        xattrs: Vec::new(),
+                        body: Body::Dir(BTreeMap::new()),
+                        links: 1,
+                    });
+                    self.link(cur, comp.to_vec(), id);
+                    self.added.insert(prefix.clone());
+                    id
+                }
+                Some(id) => {
+                    let Body::Symlink(target) = &self.node(id).body else {
+                        return Err(not_a_directory(&prefix));
+                    };
+                    let resolved = if target.first() == Some(&b'/') {
+                        path::clean(target)
+                    } else {
+                        path::clean(&path::join(parent, target))
+                    };
+                    match self.lookup_dir(&prefix)? {
+                        Some(d) => d,
+                        None => self.make_dirs(&resolved, hops + 1)?,
                     }
-                    Some(id) => {
-                        let Body::Symlink(target) = &self.node(id).body else {
-                            return Err(not_a_directory(&next));
-                        };
-                        let resolved = if target.first() == Some(&b'/') {
-                            path::clean(target)
-                        } else {
-                            path::clean(&path::join(&prefix, target))
-                        };
-                        self.make_dirs(&resolved, hops + 1)?
-                    }
-                },
+                }
             };
-            prefix = next;
         }
         Ok(cur)
     }
@@ -438,6 +447,7 @@ impl<H> MergedTree<H> {
                     .filter(|t| !t.is_empty())
                     .ok_or_else(|| invalid(format!("{}: symlink without target", show(&rel))))?
                     .into_owned();
+                path::check_target(&rel, &target)?;
                 Body::Symlink(target)
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => Body::Special,
@@ -463,6 +473,7 @@ impl<H> MergedTree<H> {
             .link_name_bytes()
             .ok_or_else(|| invalid(format!("{}: hardlink without target", show(&rel))))?;
         let target = path::clean(&raw);
+        path::check(&target)?;
         if rel.is_empty() || target.is_empty() {
             return Err(invalid(format!(
                 "{}: hardlink to or of the root",

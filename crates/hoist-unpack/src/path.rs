@@ -6,6 +6,50 @@
 use crate::error::UnpackError;
 
 pub const WHITEOUT: &[u8] = b".wh.";
+/// Linux's limits: a path (without its NUL) and one name.
+pub const PATH_MAX: usize = 4095;
+pub const NAME_MAX: usize = 255;
+
+/// The first bytes of a path, for messages about paths too long to show.
+fn head(p: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&p[..p.len().min(64)]);
+    if p.len() > 64 {
+        format!("/{s}…")
+    } else {
+        format!("/{s}")
+    }
+}
+
+/// The one path policy of the unpacker, the merge and so every writer: a
+/// cleaned path of at most PATH_MAX bytes, made of names of at most
+/// NAME_MAX bytes.
+pub fn check(rel: &[u8]) -> Result<(), UnpackError> {
+    if rel.len() > PATH_MAX {
+        return Err(UnpackError::PathTooLong {
+            path: head(rel),
+            len: rel.len(),
+        });
+    }
+    if let Some(c) = rel.split(|&b| b == b'/').find(|c| c.len() > NAME_MAX) {
+        return Err(UnpackError::NameTooLong {
+            path: head(rel),
+            len: c.len(),
+        });
+    }
+    Ok(())
+}
+
+/// A symlink's target is stored verbatim, but Linux holds at most PATH_MAX
+/// bytes of it.
+pub fn check_target(rel: &[u8], target: &[u8]) -> Result<(), UnpackError> {
+    if target.len() > PATH_MAX {
+        return Err(UnpackError::PathTooLong {
+            path: format!("{} -> {}", head(rel), head(target)),
+            len: target.len(),
+        });
+    }
+    Ok(())
+}
 pub const OPAQUE: &[u8] = b".wh..wh..opq";
 
 /// A cleaned path relative to the root: components joined by `/`, no `.`,
@@ -67,7 +111,10 @@ pub enum Kind {
 }
 
 pub fn classify(raw: &[u8]) -> Result<Kind, UnpackError> {
+    // Checked before cleaning too: `a/../` repeated can make a huge raw
+    // path clean to a short one, and cleaning is linear anyway.
     let rel = clean(raw);
+    check(&rel)?;
     let (parent, name) = split(&rel);
     if name == OPAQUE {
         return Ok(Kind::Opaque(parent.to_vec()));
@@ -118,5 +165,34 @@ mod tests {
             classify(b"a/.whx").unwrap(),
             Kind::Normal(b"a/.whx".to_vec())
         );
+    }
+
+    #[test]
+    fn one_path_policy_path_max_and_name_max() {
+        let ok = vec![b'a'; PATH_MAX];
+        assert!(
+            classify(&ok).is_err(),
+            "one 4095-byte name is over NAME_MAX"
+        );
+        let deep: Vec<u8> = b"a/"
+            .repeat(PATH_MAX / 2)
+            .into_iter()
+            .take(PATH_MAX)
+            .collect();
+        assert!(classify(&deep).is_ok());
+        let deeper = b"a/".repeat(PATH_MAX / 2 + 2); // cleans to 4,097 bytes
+        assert!(matches!(
+            classify(&deeper),
+            Err(UnpackError::PathTooLong { .. })
+        ));
+        assert!(matches!(
+            classify(&[b'n'; NAME_MAX + 1]),
+            Err(UnpackError::NameTooLong { len: 256, .. })
+        ));
+        assert!(classify(&[b'n'; NAME_MAX]).is_ok());
+        // Cleaning first: a long raw path that cleans short is fine.
+        let mut raw = b"x/../".repeat(10_000);
+        raw.extend_from_slice(b"etc/ok");
+        assert_eq!(classify(&raw).unwrap(), Kind::Normal(b"etc/ok".to_vec()));
     }
 }
