@@ -6,12 +6,14 @@
 //! too say what the tar headers said even when hoist unpacked without
 //! root.
 
+mod blocks;
 mod cpio;
 mod erofs;
 mod error;
 mod ext4;
 mod tree;
 
+pub use blocks::{BlockArea, BLOCK};
 pub use cpio::CpioStats;
 pub use erofs::ErofsOptions;
 pub use error::ExportError;

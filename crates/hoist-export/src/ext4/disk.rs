@@ -4,7 +4,7 @@
 //! directory blocks. Only what hoist writes; no checksums (no
 //! `metadata_csum`).
 
-pub const BLOCK: u64 = 4096;
+pub use crate::blocks::BLOCK;
 pub const BLOCKS_PER_GROUP: u64 = 32768;
 pub const INODE_SIZE: usize = 256;
 pub const INODES_PER_BLOCK: u64 = BLOCK / INODE_SIZE as u64;
@@ -126,12 +126,7 @@ pub fn group_desc(g: &GroupDesc, out: &mut [u8]) {
     put16(out, 16, g.used_dirs);
 }
 
-/// A contiguous run of blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
-    pub start: u64,
-    pub len: u64,
-}
+pub use crate::blocks::Run;
 
 /// The extents mapping `run` from logical block 0: (logical, len, physical).
 pub fn extents(run: Run) -> Vec<(u32, u16, u64)> {

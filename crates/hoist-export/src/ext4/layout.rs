@@ -108,11 +108,11 @@ impl Ext4Builder {
                 run.len * BLOCK
             )));
         }
-        let at: Vec<u64> = (0..leaves).map(|_| self.alloc(1)).collect();
+        let at: Vec<u64> = (0..leaves).map(|_| self.area.alloc(1)).collect();
         let (ib, blocks) = disk::indexed_tree(&ext, &at);
         for (b, &a) in blocks.iter().zip(&at) {
-            self.seek(a).map_err(werr)?;
-            self.buf.extend_from_slice(b);
+            self.area.seek(a).map_err(werr)?;
+            self.area.buf.extend_from_slice(b);
         }
         Ok((ib, leaves as u64))
     }
@@ -176,7 +176,7 @@ impl Ext4Builder {
                 if target.len() < 60 {
                     ino.block[..target.len()].copy_from_slice(target);
                 } else if target.len() < BLOCK as usize {
-                    let run = self.put(target).map_err(werr)?;
+                    let run = self.area.put(target).map_err(werr)?;
                     let (ib, _) = self.extent_tree(run)?;
                     ino.block = ib;
                     ino.flags = EXTENTS_FL;
@@ -205,7 +205,7 @@ impl Ext4Builder {
             Placement::None => {}
             Placement::Inode(area) => ino.xattrs = Some(area),
             Placement::Block(b) => {
-                ino.xattr_block = self.put(&b).map_err(werr)?.start;
+                ino.xattr_block = self.area.put(&b).map_err(werr)?.start;
                 ino.blocks += 1;
             }
         }
@@ -251,7 +251,7 @@ impl Ext4Builder {
                 };
                 entries.push((n.ino_of[&c], &name[..], ft));
             }
-            let run = self.put(&disk::dir_blocks(&entries)).map_err(werr)?;
+            let run = self.area.put(&disk::dir_blocks(&entries)).map_err(werr)?;
             dir_runs.insert(id, (run, subdirs));
         }
 
@@ -266,6 +266,7 @@ impl Ext4Builder {
         slot(ROOT_INO, &root);
         if n.our_lost_found {
             let run = self
+                .area
                 .put(&disk::dir_blocks(&[
                     (FIRST_INO, b".", 2),
                     (ROOT_INO, b"..", 2),
@@ -300,7 +301,7 @@ impl Ext4Builder {
             let b = self.inode_for(&n, id, node, &dir_runs)?;
             slot(ino, &b);
         }
-        self.flush().map_err(werr)?;
+        self.area.flush().map_err(werr)?;
         let layout = self.size(last_ino)?;
         let (free_blocks, free_inodes) =
             self.write_metadata(&layout, &table, last_ino, &n, &used_dirs_by_ino)?;
@@ -327,7 +328,7 @@ impl Ext4Builder {
     /// the blocks written so far.
     fn size(&self, last_ino: u32) -> Result<Layout, ExportError> {
         let used = u64::from(last_ino);
-        let data_end = self.next;
+        let data_end = self.area.next;
         let ipg_for = |g: u64, want: u64| {
             let per = want.div_ceil(g).div_ceil(INODES_PER_BLOCK) * INODES_PER_BLOCK;
             per.max(INODES_PER_BLOCK)
@@ -417,7 +418,7 @@ impl Ext4Builder {
         };
         mark(0, 1 + (l.groups * 32).div_ceil(BLOCK), true);
         mark(1 + self.gdt_blocks, l.meta_start, true);
-        for &(len, start) in &self.holes {
+        for &(len, start) in &self.area.holes {
             mark(start, start + len, false);
         }
         mark(l.meta_start, meta_end, true);
@@ -467,7 +468,7 @@ impl Ext4Builder {
                 &mut gdt[g * 32..(g + 1) * 32],
             );
         }
-        let w = |at: u64, data: &[u8]| self.file.write_all_at(data, at).map_err(werr);
+        let w = |at: u64, data: &[u8]| self.area.file.write_all_at(data, at).map_err(werr);
         w(block_bitmap_at(0) * BLOCK, &bits)?;
         w(inode_bitmap_at(0) * BLOCK, &ibits)?;
         // Inode tables are contiguous, group after group: the used inodes
@@ -489,8 +490,8 @@ impl Ext4Builder {
             log_groups_per_flex: 4,
         });
         w(1024, &sb)?;
-        self.file.set_len(l.total * BLOCK).map_err(werr)?;
-        self.file.sync_all().map_err(werr)?;
+        self.area.file.set_len(l.total * BLOCK).map_err(werr)?;
+        self.area.file.sync_all().map_err(werr)?;
         Ok((free_blocks, total_inodes - used_total))
     }
 }

@@ -22,14 +22,13 @@ mod disk;
 mod layout;
 mod xattr;
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use hoist_unpack::ContentSink;
 
+use crate::blocks::BlockArea;
 use crate::error::ExportError;
 pub use disk::Run;
 use disk::{BLOCK, BLOCKS_PER_GROUP};
@@ -37,8 +36,6 @@ use disk::{BLOCK, BLOCKS_PER_GROUP};
 /// Room for group descriptors of up to 2048 groups (256 GiB), unless a
 /// fixed size says how many there will be.
 const DEFAULT_GDT_BLOCKS: u64 = 16;
-const FLUSH_AT: usize = 8 << 20;
-const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct Ext4Options {
@@ -70,16 +67,10 @@ pub struct Ext4Stats {
 /// File contents as they arrive: contiguous runs, appended (or put in a
 /// hole a replaced file left), written through a large buffer.
 pub struct Ext4Builder {
-    file: File,
+    area: BlockArea,
     path: PathBuf,
     opts: Ext4Options,
     gdt_blocks: u64,
-    /// The next never-used block.
-    next: u64,
-    /// Holes left by released files: (len, start).
-    holes: BTreeSet<(u64, u64)>,
-    buf: Vec<u8>,
-    buf_start: u64,
     /// Set when the contents outgrew a fixed `--size`: the bytes needed
     /// so far.
     overflow: Option<u64>,
@@ -113,14 +104,10 @@ impl Ext4Builder {
         };
         let next = 1 + gdt_blocks;
         Ok(Ext4Builder {
-            file,
+            area: BlockArea::new(file, next, opts.cancel.clone()),
             path: out.to_path_buf(),
             opts,
             gdt_blocks,
-            next,
-            holes: BTreeSet::new(),
-            buf: Vec::with_capacity(FLUSH_AT + CHUNK),
-            buf_start: next,
             overflow: None,
             done: false,
         })
@@ -140,58 +127,6 @@ impl Ext4Builder {
     pub fn overflow(&self) -> Option<(u64, u64)> {
         Some((self.opts.size?, self.overflow?))
     }
-
-    pub(crate) fn alloc(&mut self, n: u64) -> u64 {
-        if let Some(&(len, start)) = self.holes.range((n, 0)..).next() {
-            self.holes.remove(&(len, start));
-            if len > n {
-                self.holes.insert((len - n, start + n));
-            }
-            return start;
-        }
-        let s = self.next;
-        self.next += n;
-        s
-    }
-
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
-        if let Some(c) = &self.opts.cancel {
-            c.check().map_err(io::Error::other)?;
-        }
-        if !self.buf.is_empty() {
-            self.file.write_all_at(&self.buf, self.buf_start * BLOCK)?;
-            self.buf_start += (self.buf.len() as u64) / BLOCK;
-            self.buf.clear();
-        }
-        Ok(())
-    }
-
-    /// Position the write buffer at block `start`.
-    pub(crate) fn seek(&mut self, start: u64) -> io::Result<()> {
-        if start != self.buf_start + (self.buf.len() as u64) / BLOCK {
-            self.flush()?;
-            self.buf_start = start;
-        }
-        Ok(())
-    }
-
-    pub(crate) fn pad(&mut self) {
-        let n = self.buf.len().div_ceil(BLOCK as usize) * BLOCK as usize;
-        self.buf.resize(n, 0);
-    }
-
-    /// Write whole blocks (padded) somewhere new.
-    pub(crate) fn put(&mut self, data: &[u8]) -> io::Result<Run> {
-        let len = (data.len() as u64).div_ceil(BLOCK);
-        let start = self.alloc(len);
-        self.seek(start)?;
-        self.buf.extend_from_slice(data);
-        self.pad();
-        if self.buf.len() >= FLUSH_AT {
-            self.flush()?;
-        }
-        Ok(Run { start, len })
-    }
 }
 
 impl ContentSink for Ext4Builder {
@@ -202,48 +137,22 @@ impl ContentSink for Ext4Builder {
         if len == 0 {
             return Ok(Run { start: 0, len: 0 });
         }
-        // Blocks past the old end were never written: zeros need not be.
-        let fresh = self.next;
-        let start = self.alloc(len);
+        let fresh = self.area.next;
+        let start = self.area.alloc(len);
         if let Some(limit) = self.opts.size {
-            if self.next * BLOCK > limit {
-                self.overflow = Some(self.next * BLOCK);
+            if self.area.next * BLOCK > limit {
+                self.overflow = Some(self.area.next * BLOCK);
                 return Err(io::Error::other(format!(
                     "the contents need more than the requested {limit} bytes"
                 )));
             }
         }
-        self.seek(start)?;
-        let mut left = size;
-        let mut at_block = start;
-        while left > 0 {
-            // Whole chunks keep the buffer block-aligned at every flush.
-            if self.buf.len() >= FLUSH_AT {
-                self.flush()?;
-            }
-            let want = left.min(CHUNK as u64) as usize;
-            let at = self.buf.len();
-            self.buf.resize(at + want, 0);
-            r.read_exact(&mut self.buf[at..])?;
-            left -= want as u64;
-            let blocks = (want as u64).div_ceil(BLOCK);
-            // A run of zeros in never-written blocks stays a hole in the
-            // image file (sparse layers, zero-filled files).
-            if at_block >= fresh && self.buf[at..].iter().all(|&b| b == 0) {
-                self.buf.truncate(at);
-                self.flush()?;
-                self.buf_start = at_block + blocks;
-            }
-            at_block += blocks;
-        }
-        self.pad();
+        self.area.write_stream(start, fresh, size, r)?;
         Ok(Run { start, len })
     }
 
     fn release(&mut self, h: Run) {
-        if h.len > 0 {
-            self.holes.insert((h.len, h.start));
-        }
+        self.area.release(h);
     }
 }
 
