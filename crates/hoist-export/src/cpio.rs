@@ -1,14 +1,24 @@
 //! newc cpio, written by hoist: what the kernel unpacks as an initramfs.
-//! Owners, modes and device numbers come from the recorded metadata, so a
-//! rootless unpack still gives a root-owned `/etc/shadow` and a real
+//! Owners, modes and device numbers come from the tar headers, so an
+//! export by any user gives a root-owned `/etc/shadow` and a real
 //! `/dev/null`.
+//!
+//! [`CpioBuilder`] is the merge's content sink: file contents are spooled
+//! into one unnamed temp file (a [`BlockArea`], so a file a later layer
+//! replaces gives its blocks back) as the layers stream past, and once the
+//! last layer is in, the archive is written in path order from the merged
+//! tree, each hardlinked file's data once, on its last name. Files deleted
+//! by later layers are never emitted.
 
-use std::io::{self, Write};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::path::Path;
 
-use hoist_unpack::EntryType;
+use hoist_unpack::{Body, ContentSink, EntryType, MergedTree, NodeId, ROOT};
 
+use crate::blocks::{BlockArea, Run};
 use crate::error::ExportError;
-use crate::tree::{type_bits, Tree};
+use crate::tree::type_bits;
 
 #[derive(Debug, Clone, Default)]
 pub struct CpioStats {
@@ -72,117 +82,165 @@ fn header<W: Write>(
     o.pad4()
 }
 
-/// Write the tree as a newc archive (paths relative, `.` for the root).
-pub fn write<W: Write>(tree: &Tree<'_>, w: W) -> Result<CpioStats, ExportError> {
-    let mut o = Out { w, pos: 0 };
-    let mut stats = CpioStats::default();
-    let werr = |e: io::Error| ExportError::Write(e);
-    for n in tree.nodes()? {
-        let m = n.meta;
-        if m.uid > u32::MAX as u64 || m.gid > u32::MAX as u64 {
-            return Err(ExportError::Unsupported(format!(
-                "{}: owner above 2^32 in cpio",
-                String::from_utf8_lossy(n.rel)
-            )));
-        }
-        let name: &[u8] = if n.rel.is_empty() { b"." } else { n.rel };
-        let mode = type_bits(m.kind) | m.mode;
-        let rdev = if matches!(m.kind, EntryType::Char | EntryType::Block) {
-            (m.major, m.minor)
-        } else {
-            (0, 0)
-        };
-        let size = match m.kind {
-            EntryType::File if n.last_link => n.size,
-            EntryType::Symlink => n.size,
-            _ => 0,
-        };
-        // newc's size field is 32 bits: a larger file would be written
-        // with a truncated size, a corrupt archive. Refuse it instead.
-        if size > u64::from(u32::MAX) {
-            return Err(ExportError::Unsupported(format!(
-                "/{}: a file of {size} bytes; a newc cpio archive holds files of at most {} bytes",
-                String::from_utf8_lossy(n.rel),
-                u32::MAX
-            )));
-        }
-        header(
-            &mut o,
-            n.inode,
-            mode,
-            m.uid,
-            m.gid,
-            if m.kind == EntryType::Dir { 2 } else { n.nlink },
-            m.mtime,
-            size,
-            rdev,
-            name,
-        )
-        .map_err(werr)?;
-        match m.kind {
-            EntryType::File if size > 0 => {
-                let mut r = tree.open(n.rel)?;
-                let copied = io::copy(&mut r.by_ref_take(size), &mut o.w).map_err(werr)?;
-                if copied != size {
-                    return Err(ExportError::Changed(String::from_utf8_lossy(n.rel).into()));
-                }
-                o.pos += copied;
-                o.pad4().map_err(werr)?;
-            }
-            EntryType::Symlink => {
-                o.put(n.symlink_target.as_deref().unwrap_or_default())
-                    .map_err(werr)?;
-                o.pad4().map_err(werr)?;
-            }
-            _ => {}
-        }
-        stats.entries += 1;
-        stats.bytes += size;
-    }
-    header(&mut o, 0, 0, 0, 0, 1, 0, 0, (0, 0), b"TRAILER!!!").map_err(werr)?;
-    // Pad to 512 bytes like GNU cpio; harmless for the kernel.
-    let n = ((512 - (o.pos % 512)) % 512) as usize;
-    o.put(&vec![0u8; n]).map_err(werr)?;
-    o.w.flush().map_err(werr)?;
-    Ok(stats)
+/// The contents spool of a cpio export.
+pub struct CpioBuilder {
+    spool: BlockArea,
 }
 
-trait TakeExt: io::Read + Sized {
-    fn by_ref_take(&mut self, n: u64) -> io::Take<&mut Self> {
-        io::Read::take(self, n)
+impl CpioBuilder {
+    /// Spool into an unnamed temp file in `dir` (beside the output, so it
+    /// is on the same file system and gone however the process ends).
+    pub fn new(dir: &Path, cancel: Option<hoist_spec::Cancel>) -> Result<CpioBuilder, ExportError> {
+        let f =
+            tempfile::tempfile_in(dir).map_err(|e| ExportError::io("create a spool in", dir, e))?;
+        Ok(CpioBuilder {
+            spool: BlockArea::new(f, 0, cancel),
+        })
+    }
+
+    /// Write the archive of the finished merged tree to `w`.
+    pub fn finish<W: Write>(
+        mut self,
+        tree: &MergedTree<Run>,
+        w: W,
+    ) -> Result<CpioStats, ExportError> {
+        // Every name, in path order (the order a tree listing gives).
+        let mut names: Vec<(Vec<u8>, NodeId)> = vec![(Vec::new(), ROOT)];
+        let mut stack: Vec<(Vec<u8>, NodeId)> = vec![(Vec::new(), ROOT)];
+        while let Some((path, dir)) = stack.pop() {
+            for (name, &id) in tree.children(dir).expect("a directory") {
+                let mut p = path.clone();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(name);
+                if matches!(tree.node(id).body, Body::Dir(_)) {
+                    stack.push((p.clone(), id));
+                }
+                names.push((p, id));
+            }
+        }
+        names.sort();
+        let mut ino: HashMap<NodeId, (u32, u32)> = HashMap::new(); // (ino, names left)
+        for (_, id) in &names {
+            let next = ino.len() as u32 + 1;
+            ino.entry(*id).or_insert((next, 0)).1 += 1;
+        }
+        let mut o = Out { w, pos: 0 };
+        let mut stats = CpioStats::default();
+        let werr = |e: io::Error| ExportError::Write(e);
+        for (rel, id) in &names {
+            let n = tree.node(*id);
+            let m = &n.meta;
+            let shown = || String::from_utf8_lossy(rel).to_string();
+            if m.uid > u64::from(u32::MAX) || m.gid > u64::from(u32::MAX) {
+                return Err(ExportError::Unsupported(format!(
+                    "/{}: owner above 2^32 in cpio",
+                    shown()
+                )));
+            }
+            let entry = ino.get_mut(id).expect("numbered");
+            entry.1 -= 1;
+            let last_link = entry.1 == 0;
+            let links = tree.node(*id).links;
+            let (size, data): (u64, Option<&[u8]>) = match &n.body {
+                Body::File { size, .. } if last_link => (*size, None),
+                Body::Symlink(t) => (t.len() as u64, Some(&t[..])),
+                _ => (0, None),
+            };
+            check_size(rel, size)?;
+            let rdev = if matches!(m.kind, EntryType::Char | EntryType::Block) {
+                (m.major, m.minor)
+            } else {
+                (0, 0)
+            };
+            let name: &[u8] = if rel.is_empty() { b"." } else { rel };
+            header(
+                &mut o,
+                entry.0,
+                type_bits(m.kind) | m.mode,
+                m.uid,
+                m.gid,
+                if m.kind == EntryType::Dir { 2 } else { links },
+                m.mtime,
+                size,
+                rdev,
+                name,
+            )
+            .map_err(werr)?;
+            match (&n.body, data) {
+                (_, Some(d)) => o.put(d).map_err(werr)?,
+                (
+                    Body::File {
+                        content: Some(run), ..
+                    },
+                    None,
+                ) if size > 0 => {
+                    let mut w = CountingWrite { o: &mut o };
+                    self.spool.read_run(run.start, size, &mut w).map_err(werr)?;
+                }
+                _ => {}
+            }
+            o.pad4().map_err(werr)?;
+            stats.entries += 1;
+            stats.bytes += size;
+        }
+        header(&mut o, 0, 0, 0, 0, 1, 0, 0, (0, 0), b"TRAILER!!!").map_err(werr)?;
+        let n = ((512 - (o.pos % 512)) % 512) as usize;
+        o.put(&vec![0u8; n]).map_err(werr)?;
+        o.w.flush().map_err(werr)?;
+        Ok(stats)
     }
 }
-impl<R: io::Read> TakeExt for R {}
+
+impl ContentSink for CpioBuilder {
+    type Handle = Run;
+    fn store(&mut self, size: u64, r: &mut dyn Read) -> io::Result<Run> {
+        self.spool.store(size, r)
+    }
+    fn release(&mut self, h: Run) {
+        self.spool.release(h);
+    }
+}
+
+/// newc's size field is 32 bits: a larger file would be written with a
+/// truncated size, a corrupt archive. Refuse it instead.
+fn check_size(rel: &[u8], size: u64) -> Result<(), ExportError> {
+    if size > u64::from(u32::MAX) {
+        return Err(ExportError::Unsupported(format!(
+            "/{}: a file of {size} bytes; a newc cpio archive holds files of at most {} bytes",
+            String::from_utf8_lossy(rel),
+            u32::MAX
+        )));
+    }
+    Ok(())
+}
+
+/// `Out` as a plain writer, keeping its position for the padding.
+struct CountingWrite<'a, W: Write> {
+    o: &'a mut Out<W>,
+}
+
+impl<W: Write> Write for CountingWrite<'_, W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.o.put(b)?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.o.w.flush()
+    }
+}
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use hoist_unpack::{EntryMeta, EntryType, TreeMeta};
-
     #[test]
     fn a_file_of_4_gib_or_more_is_an_error_not_a_truncated_size() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("root");
-        std::fs::create_dir(&root).unwrap();
-        // Sparse: costs no disk.
-        let f = std::fs::File::create(root.join("big")).unwrap();
-        f.set_len(4 << 30).unwrap();
-        let mut entries = BTreeMap::new();
-        entries.insert(Vec::new(), EntryMeta::implicit_dir());
-        let mut m = EntryMeta::implicit_dir();
-        m.kind = EntryType::File;
-        m.mode = 0o644;
-        entries.insert(b"big".to_vec(), m);
-        let meta = TreeMeta {
-            entries,
-            xattrs: BTreeMap::new(),
-        };
-        let tree = crate::Tree {
-            rootfs: &root,
-            meta: &meta,
-        };
-        let e = super::write(&tree, std::io::sink()).unwrap_err();
+        assert!(super::check_size(b"ok", u64::from(u32::MAX)).is_ok());
+        let e = super::check_size(b"big", 4 << 30).unwrap_err();
+        assert!(
+            e.to_string().contains("/big: a file of 4294967296 bytes"),
+            "{e}"
+        );
         assert!(e.to_string().contains("at most 4294967295 bytes"), "{e}");
     }
 }

@@ -116,7 +116,8 @@ impl Client {
         let temp = TempFile::create(tmp.clone()).map_err(|e| self.io_err(&tmp, e))?;
         let made = match opts.format {
             Format::Ext4 => self.export_ext4(src, &tmp, opts, op)?,
-            _ => self.export_from_tree(src, out, &tmp, opts, op)?,
+            Format::Cpio { gzip } => self.export_cpio(src, out, &tmp, gzip, op)?,
+            Format::Erofs => self.export_from_tree(src, out, &tmp, opts, op)?,
         };
         temp.persist(out).map_err(|e| self.io_err(out, e))?;
         let size = std::fs::metadata(out)
@@ -218,8 +219,87 @@ impl Client {
         })
     }
 
-    /// erofs and cpio: unpack into a temp tree beside `out`, build from it
-    /// and the recorded metadata, remove the tree.
+    /// cpio straight from the layer streams: contents spooled beside `out`
+    /// as they stream past, the archive written from the merged tree.
+    fn export_cpio(
+        &self,
+        src: &ImageSource,
+        out: &Path,
+        tmp: &Path,
+        gzip: bool,
+        op: &Op,
+    ) -> Result<Made, Error> {
+        let what = src.to_string();
+        let exp = |e| Error::Export {
+            image: what.clone(),
+            source: e,
+        };
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut builder: Option<hoist_export::CpioBuilder> = None;
+        let mut tree: MergedTree<Run> = MergedTree::new();
+        tree.set_guard(Guard::new(
+            Some(op.cancel.clone()),
+            Some(op.limits.max_entries),
+        ));
+        let (pulled, config, _) = self.pull_and_stream(
+            src,
+            false,
+            &mut |step| match step {
+                Step::Start => {
+                    let b = hoist_export::CpioBuilder::new(&dir, Some(op.cancel.clone()))
+                        .map_err(exp)?;
+                    builder = Some(b);
+                    Ok(0)
+                }
+                Step::Layer(stream) => {
+                    let b = builder.as_mut().expect("started");
+                    let stats =
+                        tree.apply_layer(&mut &mut *stream, b)
+                            .map_err(|source| Error::Unpack {
+                                image: what.clone(),
+                                source,
+                            })?;
+                    Ok(stats.entries)
+                }
+            },
+            op,
+        )?;
+        tree.finish().map_err(|source| Error::Unpack {
+            image: what.clone(),
+            source,
+        })?;
+        op.emit(Event::Exporting { format: "cpio" });
+        let f = std::fs::File::create(tmp).map_err(|e| self.io_err(tmp, e))?;
+        let w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let builder = builder.expect("started");
+        if gzip {
+            let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
+            builder.finish(&tree, &mut gz).map_err(exp)?;
+            gz.finish()
+                .map_err(|e| exp(hoist_export::ExportError::Write(e)))?;
+        } else {
+            builder.finish(&tree, w).map_err(exp)?;
+        }
+        let content_bytes = tree
+            .nodes()
+            .map(|n| match n.body {
+                hoist_unpack::Body::File { size, .. } => size,
+                _ => 0,
+            })
+            .sum();
+        Ok(Made {
+            digest: pulled.digest,
+            platform: pulled.platform,
+            content_bytes,
+            metadata: config.metadata,
+        })
+    }
+
+    /// erofs: unpack into a temp tree beside `out`, build from it and the
+    /// recorded metadata, remove the tree.
     fn export_from_tree(
         &self,
         src: &ImageSource,
@@ -241,13 +321,7 @@ impl Client {
         )?;
         // The unpack's lock went with its temp name; take one on the tree.
         let _lock = DirLock::open(&rootfs).map_err(|e| self.io_err(&rootfs, e))?;
-        op.emit(Event::Exporting {
-            format: if matches!(opts.format, Format::Erofs) {
-                "erofs"
-            } else {
-                "cpio"
-            },
-        });
+        op.emit(Event::Exporting { format: "erofs" });
         let result = (|| -> Result<u64, Error> {
             let f = std::fs::File::open(&u.tree_metadata)
                 .map_err(|e| self.io_err(&u.tree_metadata, e))?;
@@ -262,9 +336,6 @@ impl Client {
                 source: e,
             };
             match opts.format {
-                Format::Cpio { gzip } => {
-                    hoist_export::write_cpio(&tree, tmp, gzip).map_err(exp)?;
-                }
                 Format::Erofs => {
                     hoist_export::write_erofs(
                         &tree,
@@ -275,7 +346,9 @@ impl Client {
                     )
                     .map_err(exp)?;
                 }
-                Format::Ext4 => unreachable!("ext4 is written from the layers"),
+                Format::Ext4 | Format::Cpio { .. } => {
+                    unreachable!("ext4 and cpio are written from the layers")
+                }
             }
             let content_bytes = tree
                 .nodes()
