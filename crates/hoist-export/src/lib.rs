@@ -10,6 +10,7 @@
 mod blocks;
 mod cpio;
 mod erofs;
+mod erofs_builder;
 mod error;
 mod ext4;
 mod tree;
@@ -17,6 +18,7 @@ mod tree;
 pub use blocks::{BlockArea, BLOCK};
 pub use cpio::{CpioBuilder, CpioStats};
 pub use erofs::ErofsOptions;
+pub use erofs_builder::{Content as ErofsContent, ErofsBuilder, ErofsStats};
 pub use error::ExportError;
 pub use ext4::{Ext4Builder, Ext4Options, Ext4Stats, Run};
 pub use tree::Tree;

@@ -157,4 +157,4 @@ impl ContentSink for Ext4Builder {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -8,18 +8,18 @@ use hoist_unpack::MergedTree;
 
 use super::{Ext4Builder, Ext4Options, Ext4Stats};
 
-struct Layer {
+pub(crate) struct Layer {
     b: tar::Builder<Vec<u8>>,
 }
 
 impl Layer {
-    fn new() -> Layer {
+    pub(crate) fn new() -> Layer {
         Layer {
             b: tar::Builder::new(Vec::new()),
         }
     }
     #[allow(clippy::too_many_arguments)] // a tar header's worth, in tests only
-    fn entry(
+    pub(crate) fn entry(
         mut self,
         kind: tar::EntryType,
         path: &str,
@@ -60,13 +60,13 @@ impl Layer {
         }
         self
     }
-    fn file(self, path: &str, mode: u32, owner: (u64, u64), data: &[u8]) -> Layer {
+    pub(crate) fn file(self, path: &str, mode: u32, owner: (u64, u64), data: &[u8]) -> Layer {
         self.entry(tar::EntryType::Regular, path, mode, owner, data, None, &[])
     }
-    fn dir(self, path: &str, mode: u32, owner: (u64, u64)) -> Layer {
+    pub(crate) fn dir(self, path: &str, mode: u32, owner: (u64, u64)) -> Layer {
         self.entry(tar::EntryType::Directory, path, mode, owner, b"", None, &[])
     }
-    fn done(self) -> Vec<u8> {
+    pub(crate) fn done(self) -> Vec<u8> {
         self.b.into_inner().unwrap()
     }
 }
@@ -87,7 +87,7 @@ fn build(out: &Path, layers: &[Vec<u8>], opts: Ext4Options) -> Result<Ext4Stats,
     b.finish(&t).map_err(|e| e.to_string())
 }
 
-fn tool(cmd: &mut Command) -> Option<String> {
+pub(crate) fn tool(cmd: &mut Command) -> Option<String> {
     match cmd.output() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => panic!("{e}"),
@@ -103,7 +103,7 @@ fn tool(cmd: &mut Command) -> Option<String> {
 /// A check that cannot run here says SKIPPED, and fails under CI, where
 /// everything it needs is installed and it runs as root: a mount test that
 /// passes without mounting proves nothing.
-fn skip(why: &str) {
+pub(crate) fn skip(why: &str) {
     assert!(std::env::var_os("CI").is_none(), "under CI: {why}");
     eprintln!("SKIPPED: {why}");
 }
@@ -131,7 +131,7 @@ fn stat(img: &Path, path: &str) -> String {
     .unwrap()
 }
 
-fn sample() -> Vec<Vec<u8>> {
+pub(crate) fn sample() -> Vec<Vec<u8>> {
     use tar::EntryType as T;
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let many: Vec<String> = (0..600)

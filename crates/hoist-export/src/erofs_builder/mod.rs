@@ -1,0 +1,583 @@
+//! A native erofs writer fed straight from the layer streams, like the ext4
+//! one: [`ErofsBuilder`] is the merge's content sink. The on-disk format
+//! follows the kernel's erofs documentation and erofs-utils' `erofs_fs.h`
+//! (facts only): 4 KiB blocks, superblock at byte 1024 with its crc32c,
+//! compact (32-byte) or extended (64-byte) inodes as each inode's values
+//! need, inline xattrs, and file, symlink and directory tails inline after
+//! their inode (`FLAT_INLINE`) where they fit, else in a block of their own
+//! (`FLAT_PLAIN`). Uncompressed.
+//!
+//! Layout: block 0 holds the superblock; file data follows in arrival
+//! order (a [`BlockArea`]: replaced files give their blocks back), then
+//! directory blocks, then the metadata area (`meta_blkaddr`): every inode
+//! with its xattrs and inline tail, the root first (its nid must fit in 16
+//! bits). Small files and tails are spooled to an unnamed temp file while
+//! the layers stream, and copied into the metadata area at the end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use hoist_unpack::{Body, ContentSink, EntryType, MergedTree, NodeId, ROOT};
+
+use crate::blocks::{BlockArea, Run, BLOCK};
+use crate::error::ExportError;
+use crate::tree::type_bits;
+
+const MAGIC: u32 = 0xE0F5_E1E2;
+const SB_OFFSET: usize = 1024;
+const FEATURE_COMPAT_SB_CHKSUM: u32 = 1;
+const FLAT_PLAIN: u16 = 0;
+const FLAT_INLINE: u16 = 2;
+/// A tail up to this long goes inline; the rest of its block is left for
+/// the inode and its xattrs (larger xattrs move the tail to a block).
+const INLINE_MAX: u64 = BLOCK - 64 - 512;
+const DIRENT: usize = 12;
+
+/// Where a file's content went: whole blocks in the data area, and a tail
+/// either in the last of those blocks or in the spool (inline later).
+#[derive(Debug, Clone, Copy)]
+pub struct Content {
+    run: Run,
+    /// (offset in the spool, length) of an inline tail.
+    tail: Option<(u64, u32)>,
+}
+
+pub struct ErofsBuilder {
+    area: BlockArea,
+    spool: File,
+    spool_len: u64,
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for ErofsBuilder {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ErofsStats {
+    pub inodes: u64,
+    pub blocks: u64,
+    pub compact_inodes: u64,
+}
+
+fn werr(e: io::Error) -> ExportError {
+    ExportError::Write(e)
+}
+
+/// crc32c as the kernel computes the superblock checksum: seed !0, no
+/// final inversion. Hand-written: 12 lines, run once per image.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ if crc & 1 != 0 { 0x82F6_3B78 } else { 0 };
+        }
+    }
+    crc
+}
+
+/// The xattr prefixes erofs indexes; a name with another prefix cannot be
+/// stored without the long-prefix feature.
+fn xattr_index(name: &str) -> Option<(u8, &str)> {
+    for (p, i) in [("user.", 1), ("trusted.", 4), ("security.", 6)] {
+        if let Some(rest) = name.strip_prefix(p) {
+            return Some((i, rest));
+        }
+    }
+    match name {
+        "system.posix_acl_access" => Some((2, "")),
+        "system.posix_acl_default" => Some((3, "")),
+        _ => None,
+    }
+}
+
+/// The inline xattr body: a 12-byte header, then 4-byte-aligned entries.
+fn xattr_body(rel: &str, xattrs: &[(String, Vec<u8>)]) -> Result<Vec<u8>, ExportError> {
+    if xattrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut b = vec![0u8; 12];
+    for (name, value) in xattrs {
+        let Some((idx, suffix)) = xattr_index(name) else {
+            return Err(ExportError::Unsupported(format!(
+                "{rel}: xattr {name:?} has a prefix erofs cannot store"
+            )));
+        };
+        if suffix.len() > 255 || value.len() > 65535 {
+            return Err(ExportError::Unsupported(format!(
+                "{rel}: xattr {name:?} is too large for erofs"
+            )));
+        }
+        b.push(suffix.len() as u8);
+        b.push(idx);
+        b.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        b.extend_from_slice(suffix.as_bytes());
+        b.extend_from_slice(value);
+        b.resize(b.len().div_ceil(4) * 4, 0);
+    }
+    if b.len() > 2048 {
+        return Err(ExportError::Unsupported(format!(
+            "{rel}: {} bytes of xattrs, more than hoist's erofs writer stores inline",
+            b.len()
+        )));
+    }
+    Ok(b)
+}
+
+fn file_type(k: EntryType) -> u8 {
+    match k {
+        EntryType::File => 1,
+        EntryType::Dir => 2,
+        EntryType::Char => 3,
+        EntryType::Block => 4,
+        EntryType::Fifo => 5,
+        EntryType::Symlink => 7,
+    }
+}
+
+/// One inode as it will be written.
+struct Rec {
+    id: NodeId,
+    extended: bool,
+    layout: u16,
+    size: u64,
+    nlink: u32,
+    xattrs: Vec<u8>,
+    /// Bytes written inline after the inode and xattrs.
+    inline: InlineSrc,
+    /// The first data block (`FLAT_PLAIN` and full blocks of `FLAT_INLINE`).
+    blkaddr: u32,
+    nid: u64,
+}
+
+enum InlineSrc {
+    None,
+    Spool(u64, u32),
+    Bytes(Vec<u8>),
+}
+
+impl InlineSrc {
+    fn len(&self) -> usize {
+        match self {
+            InlineSrc::None => 0,
+            InlineSrc::Spool(_, n) => *n as usize,
+            InlineSrc::Bytes(b) => b.len(),
+        }
+    }
+}
+
+impl Rec {
+    fn meta_len(&self) -> usize {
+        (if self.extended { 64 } else { 32 }) + self.xattrs.len() + self.inline.len()
+    }
+}
+
+/// Directory content: blocks of dirents (sorted names, `.` and `..`
+/// among them), each block's names after its dirents. Returns the blocks,
+/// the last one cut to what it uses.
+fn dir_blocks(entries: &[(Vec<u8>, u64, u8)]) -> Vec<Vec<u8>> {
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < entries.len() {
+        let mut j = i;
+        let mut used = 0;
+        while j < entries.len() && used + DIRENT + entries[j].0.len() <= BLOCK as usize {
+            used += DIRENT + entries[j].0.len();
+            j += 1;
+        }
+        let mut b = Vec::with_capacity(BLOCK as usize);
+        let mut nameoff = DIRENT * (j - i);
+        for (name, nid, ft) in &entries[i..j] {
+            b.extend_from_slice(&nid.to_le_bytes());
+            b.extend_from_slice(&(nameoff as u16).to_le_bytes());
+            b.push(*ft);
+            b.push(0);
+            nameoff += name.len();
+        }
+        for (name, _, _) in &entries[i..j] {
+            b.extend_from_slice(name);
+        }
+        blocks.push(b);
+        i = j;
+    }
+    blocks
+}
+
+impl ErofsBuilder {
+    /// Start an image at `out` (created, or truncated); the tail spool is
+    /// an unnamed temp file beside it.
+    pub fn create(
+        out: &Path,
+        cancel: Option<hoist_spec::Cancel>,
+    ) -> Result<ErofsBuilder, ExportError> {
+        let file = File::create(out).map_err(|e| ExportError::io("create", out, e))?;
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let spool = tempfile::tempfile_in(&dir)
+            .map_err(|e| ExportError::io("create a spool in", &dir, e))?;
+        Ok(ErofsBuilder {
+            area: BlockArea::new(file, 1, cancel),
+            spool,
+            spool_len: 0,
+            path: out.to_path_buf(),
+            done: false,
+        })
+    }
+
+    /// Lay out the inodes, directories and superblock of the finished
+    /// merged tree and write them; fsync. `uuid` and `build_time` make the
+    /// image reproducible.
+    pub fn finish(
+        mut self,
+        tree: &MergedTree<Content>,
+        uuid: [u8; 16],
+    ) -> Result<ErofsStats, ExportError> {
+        let r = self.finish_inner(tree, uuid);
+        self.done = r.is_ok();
+        r
+    }
+
+    fn finish_inner(
+        &mut self,
+        tree: &MergedTree<Content>,
+        uuid: [u8; 16],
+    ) -> Result<ErofsStats, ExportError> {
+        // Every inode once, the root first, then depth-first by name.
+        let mut order: Vec<NodeId> = vec![ROOT];
+        let mut seen: HashMap<NodeId, usize> = HashMap::from([(ROOT, 0)]);
+        let mut parent: HashMap<NodeId, NodeId> = HashMap::from([(ROOT, ROOT)]);
+        let mut paths: HashMap<NodeId, Vec<u8>> = HashMap::from([(ROOT, Vec::new())]);
+        let mut stack = vec![ROOT];
+        while let Some(dir) = stack.pop() {
+            let children = tree.children(dir).expect("a directory");
+            for (name, &id) in children {
+                if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(id) {
+                    e.insert(order.len());
+                    order.push(id);
+                    let mut p = paths[&dir].clone();
+                    p.push(b'/');
+                    p.extend_from_slice(name);
+                    paths.insert(id, p);
+                }
+                if matches!(tree.node(id).body, Body::Dir(_)) {
+                    parent.insert(id, dir);
+                }
+            }
+            for (_, &id) in children.iter().rev() {
+                if matches!(tree.node(id).body, Body::Dir(_)) {
+                    stack.push(id);
+                }
+            }
+        }
+        // The most common mtime: inodes with it can be compact.
+        let mut freq: BTreeMap<i64, u64> = BTreeMap::new();
+        for &id in &order {
+            *freq.entry(tree.node(id).meta.mtime).or_default() += 1;
+        }
+        let build_time = freq
+            .iter()
+            .max_by_key(|(t, n)| (**n, std::cmp::Reverse(**t)))
+            .map_or(0, |(t, _)| *t);
+
+        // Directory sizes depend on names only; their nids come later.
+        let mut dir_names: HashMap<NodeId, Vec<(Vec<u8>, NodeId)>> = HashMap::new();
+        let mut recs: Vec<Rec> = Vec::with_capacity(order.len());
+        for &id in &order {
+            let n = tree.node(id);
+            let m = &n.meta;
+            let shown = String::from_utf8_lossy(&paths[&id]).to_string();
+            let shown = if shown.is_empty() {
+                "/".to_string()
+            } else {
+                shown
+            };
+            let xattrs = xattr_body(&shown, &n.xattrs)?;
+            let (size, layout, inline, blkaddr, nlink) = match &n.body {
+                Body::File { size, content } => {
+                    let c = content.unwrap_or(Content {
+                        run: Run { start: 0, len: 0 },
+                        tail: None,
+                    });
+                    let (layout, inline) = match c.tail {
+                        Some((off, len)) => (FLAT_INLINE, InlineSrc::Spool(off, len)),
+                        None => (FLAT_PLAIN, InlineSrc::None),
+                    };
+                    (*size, layout, inline, c.run.start as u32, n.links)
+                }
+                Body::Symlink(t) => (
+                    t.len() as u64,
+                    FLAT_INLINE,
+                    InlineSrc::Bytes(t.clone()),
+                    0,
+                    n.links,
+                ),
+                Body::Dir(children) => {
+                    let mut names: Vec<(Vec<u8>, NodeId)> =
+                        vec![(b".".to_vec(), id), (b"..".to_vec(), parent[&id])];
+                    names.extend(children.iter().map(|(k, &v)| (k.clone(), v)));
+                    names.sort();
+                    let subdirs = children
+                        .values()
+                        .filter(|&&c| matches!(tree.node(c).body, Body::Dir(_)))
+                        .count() as u32;
+                    let sizes: Vec<(Vec<u8>, u64, u8)> =
+                        names.iter().map(|(k, _)| (k.clone(), 0, 0)).collect();
+                    let blocks = dir_blocks(&sizes);
+                    let size = (blocks.len() as u64 - 1) * BLOCK
+                        + blocks.last().map_or(0, |b| b.len() as u64);
+                    dir_names.insert(id, names);
+                    // The layout is settled below, once the blocks exist.
+                    (size, FLAT_INLINE, InlineSrc::None, 0, 2 + subdirs)
+                }
+                Body::Special => (0, FLAT_PLAIN, InlineSrc::None, 0, n.links),
+            };
+            let extended = m.uid > 0xffff
+                || m.gid > 0xffff
+                || size > u64::from(u32::MAX)
+                || nlink > 0xffff
+                || m.mtime != build_time;
+            recs.push(Rec {
+                id,
+                extended,
+                layout,
+                size,
+                nlink,
+                xattrs,
+                inline,
+                blkaddr,
+                nid: 0,
+            });
+        }
+        // Inline tails that do not fit beside their inode go to a block
+        // (a file's tail after its full blocks would break contiguity, so
+        // the whole file moves).
+        for r in recs.iter_mut() {
+            let inode_len = if r.extended { 64 } else { 32 };
+            if r.inline.len() > 0 && inode_len + r.xattrs.len() + r.inline.len() > BLOCK as usize {
+                let mut data = Vec::with_capacity(r.size as usize);
+                match &r.inline {
+                    InlineSrc::Bytes(b) => data.extend_from_slice(b),
+                    InlineSrc::Spool(off, len) => {
+                        let full = r.size - u64::from(*len);
+                        self.area
+                            .read_run(u64::from(r.blkaddr), full, &mut data)
+                            .map_err(werr)?;
+                        let mut t = vec![0u8; *len as usize];
+                        self.spool.read_exact_at(&mut t, *off).map_err(werr)?;
+                        data.extend_from_slice(&t);
+                    }
+                    InlineSrc::None => {}
+                }
+                let run = self.area.put(&data).map_err(werr)?;
+                r.blkaddr = run.start as u32;
+                r.layout = FLAT_PLAIN;
+                r.inline = InlineSrc::None;
+            }
+        }
+        // Nids: the metadata area in order, no record across a block.
+        let mut off: u64 = 0;
+        let mut dir_tail_inline: HashMap<NodeId, bool> = HashMap::new();
+        for r in recs.iter_mut() {
+            let len = if dir_names.contains_key(&r.id) {
+                // A directory's inline tail is its last block's used part,
+                // if it fits beside the inode; else that block is data too.
+                let tail = (r.size % BLOCK) as usize;
+                let head = (if r.extended { 64 } else { 32 }) + r.xattrs.len();
+                let fits = tail > 0 && head + tail <= BLOCK as usize;
+                dir_tail_inline.insert(r.id, fits);
+                head + if fits { tail } else { 0 }
+            } else {
+                r.meta_len()
+            } as u64;
+            if off % BLOCK + len > BLOCK {
+                off = off.div_ceil(BLOCK) * BLOCK;
+            }
+            r.nid = off / 32;
+            off += len.div_ceil(32) * 32;
+        }
+        let nid_of: HashMap<NodeId, u64> = recs.iter().map(|r| (r.id, r.nid)).collect();
+        // Directory blocks, now that every nid is known.
+        for r in recs.iter_mut() {
+            let Some(names) = dir_names.get(&r.id) else {
+                continue;
+            };
+            let entries: Vec<(Vec<u8>, u64, u8)> = names
+                .iter()
+                .map(|(k, c)| (k.clone(), nid_of[c], file_type(tree.node(*c).meta.kind)))
+                .collect();
+            let mut blocks = dir_blocks(&entries);
+            let tail = if dir_tail_inline[&r.id] {
+                blocks.pop()
+            } else {
+                None
+            };
+            if !blocks.is_empty() {
+                let mut all = Vec::with_capacity(blocks.len() * BLOCK as usize);
+                for b in &blocks {
+                    all.extend_from_slice(b);
+                    all.resize(all.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+                }
+                r.blkaddr = self.area.put(&all).map_err(werr)?.start as u32;
+            }
+            match tail {
+                Some(t) => r.inline = InlineSrc::Bytes(t),
+                None => r.layout = FLAT_PLAIN,
+            }
+        }
+        self.area.flush().map_err(werr)?;
+        let meta_blkaddr = self.area.next;
+        self.write_meta(tree, &recs, meta_blkaddr)?;
+        let meta_blocks = off.div_ceil(BLOCK);
+        let total = meta_blkaddr + meta_blocks.max(1);
+
+        let mut sb = [0u8; BLOCK as usize];
+        let s = &mut sb[SB_OFFSET..];
+        s[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        s[8..12].copy_from_slice(&FEATURE_COMPAT_SB_CHKSUM.to_le_bytes());
+        s[12] = 12; // 4 KiB blocks
+        s[14..16].copy_from_slice(&(recs[0].nid as u16).to_le_bytes());
+        s[16..24].copy_from_slice(&(recs.len() as u64).to_le_bytes());
+        s[24..32].copy_from_slice(&(build_time.max(0) as u64).to_le_bytes());
+        s[36..40].copy_from_slice(&(total as u32).to_le_bytes());
+        s[40..44].copy_from_slice(&(meta_blkaddr as u32).to_le_bytes());
+        s[48..64].copy_from_slice(&uuid);
+        let crc = crc32c(&sb[SB_OFFSET..]);
+        sb[SB_OFFSET + 4..SB_OFFSET + 8].copy_from_slice(&crc.to_le_bytes());
+        let f = &self.area.file;
+        f.write_all_at(&sb, 0).map_err(werr)?;
+        f.set_len(total * BLOCK).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        Ok(ErofsStats {
+            inodes: recs.len() as u64,
+            blocks: total,
+            compact_inodes: recs.iter().filter(|r| !r.extended).count() as u64,
+        })
+    }
+
+    fn write_meta(
+        &mut self,
+        tree: &MergedTree<Content>,
+        recs: &[Rec],
+        meta_blkaddr: u64,
+    ) -> Result<(), ExportError> {
+        let mut f = self.area.file.try_clone().map_err(werr)?;
+        f.seek(SeekFrom::Start(meta_blkaddr * BLOCK))
+            .map_err(werr)?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut pos: u64 = 0;
+        for (i, r) in recs.iter().enumerate() {
+            let at = r.nid * 32;
+            if at > pos {
+                w.write_all(&vec![0u8; (at - pos) as usize]).map_err(werr)?;
+                pos = at;
+            }
+            let m = &tree.node(r.id).meta;
+            let mode = (type_bits(m.kind) | m.mode) as u16;
+            let icount: u16 = if r.xattrs.is_empty() {
+                0
+            } else {
+                1 + ((r.xattrs.len() - 12) / 4) as u16
+            };
+            let iu: u32 = match m.kind {
+                EntryType::Char | EntryType::Block => {
+                    (m.minor & 0xff) | (m.major << 8) | ((m.minor & !0xff) << 12)
+                }
+                _ => r.blkaddr,
+            };
+            let ino = i as u32 + 1;
+            let mut b = Vec::with_capacity(64);
+            if r.extended {
+                b.extend_from_slice(&((r.layout << 1) | 1).to_le_bytes());
+                b.extend_from_slice(&icount.to_le_bytes());
+                b.extend_from_slice(&mode.to_le_bytes());
+                b.extend_from_slice(&0u16.to_le_bytes());
+                b.extend_from_slice(&r.size.to_le_bytes());
+                b.extend_from_slice(&iu.to_le_bytes());
+                b.extend_from_slice(&ino.to_le_bytes());
+                b.extend_from_slice(&(m.uid as u32).to_le_bytes());
+                b.extend_from_slice(&(m.gid as u32).to_le_bytes());
+                b.extend_from_slice(&(m.mtime.max(0) as u64).to_le_bytes());
+                b.extend_from_slice(&0u32.to_le_bytes());
+                b.extend_from_slice(&r.nlink.to_le_bytes());
+                b.extend_from_slice(&[0u8; 16]);
+            } else {
+                b.extend_from_slice(&(r.layout << 1).to_le_bytes());
+                b.extend_from_slice(&icount.to_le_bytes());
+                b.extend_from_slice(&mode.to_le_bytes());
+                b.extend_from_slice(&(r.nlink as u16).to_le_bytes());
+                b.extend_from_slice(&(r.size as u32).to_le_bytes());
+                b.extend_from_slice(&0u32.to_le_bytes());
+                b.extend_from_slice(&iu.to_le_bytes());
+                b.extend_from_slice(&ino.to_le_bytes());
+                b.extend_from_slice(&(m.uid as u16).to_le_bytes());
+                b.extend_from_slice(&(m.gid as u16).to_le_bytes());
+                b.extend_from_slice(&0u32.to_le_bytes());
+            }
+            b.extend_from_slice(&r.xattrs);
+            match &r.inline {
+                InlineSrc::None => {}
+                InlineSrc::Bytes(x) => b.extend_from_slice(x),
+                InlineSrc::Spool(off, len) => {
+                    let mut t = vec![0u8; *len as usize];
+                    self.spool.read_exact_at(&mut t, *off).map_err(werr)?;
+                    b.extend_from_slice(&t);
+                }
+            }
+            w.write_all(&b).map_err(werr)?;
+            pos += b.len() as u64;
+        }
+        let end = pos.div_ceil(BLOCK) * BLOCK;
+        w.write_all(&vec![0u8; (end - pos) as usize])
+            .map_err(werr)?;
+        w.flush().map_err(werr)?;
+        Ok(())
+    }
+}
+
+impl ContentSink for ErofsBuilder {
+    type Handle = Content;
+
+    fn store(&mut self, size: u64, r: &mut dyn Read) -> io::Result<Content> {
+        let tail_len = size % BLOCK;
+        let inline = tail_len > 0 && tail_len <= INLINE_MAX;
+        let blocks = size / BLOCK + u64::from(tail_len > 0 && !inline);
+        let in_area = if inline { size - tail_len } else { size };
+        let run = if blocks > 0 {
+            let fresh = self.area.next;
+            let start = self.area.alloc(blocks);
+            self.area.write_stream(start, fresh, in_area, r)?;
+            Run { start, len: blocks }
+        } else {
+            Run { start: 0, len: 0 }
+        };
+        let tail = if inline {
+            let mut t = vec![0u8; tail_len as usize];
+            r.read_exact(&mut t)?;
+            let off = self.spool_len;
+            self.spool.write_all_at(&t, off)?;
+            self.spool_len += tail_len;
+            Some((off, tail_len as u32))
+        } else {
+            None
+        };
+        Ok(Content { run, tail })
+    }
+
+    fn release(&mut self, h: Content) {
+        self.area.release(h.run);
+    }
+}
+
+#[cfg(test)]
+mod tests;
