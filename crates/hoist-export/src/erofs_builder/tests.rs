@@ -252,7 +252,7 @@ fn random_layer_stacks_give_images_fsck_erofs_accepts() {
 /// the kernel does, and refuses a damaged one: the mount test shows it.)
 #[test]
 fn fsck_erofs_notices_a_damaged_inode() {
-    if tool(&mut Command::new("fsck.erofs").arg("--help")).is_none() {
+    if tool(Command::new("fsck.erofs").arg("--help")).is_none() {
         skip("fsck.erofs is not installed");
         return;
     }
