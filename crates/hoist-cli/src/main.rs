@@ -428,7 +428,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     FormatArg::Cpio => hoist::Format::Cpio { gzip: *gzip },
                 },
                 size: *size,
-                ownership: None,
             };
             let e = client.export(&source(image)?, out, &opts, &op)?;
             output::exported(&e, g.json)

@@ -1,32 +1,30 @@
 //! `Client::export`: write a disk image to a temp file beside the output,
-//! then rename it into place. ext4 straight from the layer streams; erofs
-//! and cpio from a temporary unpack.
+//! then rename it into place. Every format is written straight from the
+//! layer streams: the merge feeds file contents to the format's writer (a
+//! `ContentSink`) as they stream past, and the writer lays out the rest
+//! from the merged tree. No temporary tree, no external process.
 
 use std::path::{Path, PathBuf};
 
-use hoist_export::{ErofsOptions, Ext4Builder, Ext4Options, Format, Run, Tree};
-use hoist_spec::{Digest, ImageMetadata, Platform};
-use hoist_unpack::{MergedTree, Ownership, TreeMeta};
+use hoist_export::{CpioBuilder, ErofsBuilder, Ext4Builder, Ext4Options, Format};
+use hoist_spec::{Digest, ImageConfig, ImageMetadata, Platform};
+use hoist_store::temp::TempFile;
+use hoist_unpack::{Body, ContentSink, Guard, MergedTree};
 use serde::Serialize;
 
-use hoist_store::temp::{DirLock, TempFile};
-use hoist_unpack::Guard;
-
 use crate::client::Client;
+use crate::client::Pulled;
 use crate::error::Error;
 use crate::op::Op;
 use crate::progress::Event;
 use crate::source::ImageSource;
-use crate::unpack::{Step, UnpackOptions};
+use crate::unpack::Step;
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     pub format: Format,
     /// Fixed image size (ext4 only).
     pub size: Option<u64>,
-    /// How the intermediate rootfs of erofs and cpio exports is unpacked;
-    /// the image gets the true owners either way.
-    pub ownership: Option<Ownership>,
 }
 
 impl Default for ExportOptions {
@@ -34,7 +32,6 @@ impl Default for ExportOptions {
         ExportOptions {
             format: Format::Ext4,
             size: None,
-            ownership: None,
         }
     }
 }
@@ -74,24 +71,45 @@ fn ids_of(d: &Digest) -> ([u8; 16], [u8; 16]) {
     )
 }
 
-/// The erofs UUID as mkfs.erofs takes it.
-fn uuid_of(d: &Digest) -> String {
-    let h = d.hex();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+/// A pulled image's layers merged: the pull, the config, the tree, and the
+/// writer its contents went to.
+type Merged<S> = (
+    Pulled,
+    ImageConfig,
+    MergedTree<<S as ContentSink>::Handle>,
+    S,
+);
+
+fn export_err(src: &ImageSource) -> impl Fn(hoist_export::ExportError) -> Error + Copy + '_ {
+    move |e| Error::Export {
+        image: src.to_string(),
+        source: e,
+    }
+}
+
+fn made(pulled: Pulled, config: ImageConfig, content_bytes: u64) -> Made {
+    Made {
+        digest: pulled.digest,
+        platform: pulled.platform,
+        content_bytes,
+        metadata: config.metadata,
+    }
+}
+
+/// Bytes of regular-file content, each hardlinked file once.
+fn file_bytes<H>(tree: &MergedTree<H>) -> u64 {
+    tree.nodes()
+        .map(|n| match n.body {
+            Body::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum()
 }
 
 impl Client {
     /// Pull (through the cache) as needed, then write a disk image of the
     /// image's root filesystem to `out` (atomically) with the image's true
-    /// ownership. ext4 is written straight from the layer streams; erofs
-    /// and cpio from a temporary unpack.
+    /// ownership, straight from the layer streams.
     pub fn export(
         &self,
         src: &ImageSource,
@@ -117,7 +135,7 @@ impl Client {
         let made = match opts.format {
             Format::Ext4 => self.export_ext4(src, &tmp, opts, op)?,
             Format::Cpio { gzip } => self.export_cpio(src, out, &tmp, gzip, op)?,
-            Format::Erofs => self.export_from_tree(src, out, &tmp, opts, op)?,
+            Format::Erofs => self.export_erofs(src, &tmp, op)?,
         };
         temp.persist(out).map_err(|e| self.io_err(out, e))?;
         let size = std::fs::metadata(out)
@@ -140,6 +158,52 @@ impl Client {
         })
     }
 
+    /// Pull `src` and merge its layers into a tree whose file contents go
+    /// to the sink `make` returns (called once the config is validated).
+    /// `explain` may replace an error with what the sink knows of it.
+    fn merge_into<S: ContentSink>(
+        &self,
+        src: &ImageSource,
+        op: &Op,
+        make: impl FnOnce() -> Result<S, Error>,
+        explain: impl FnOnce(Option<&S>, Error) -> Error,
+    ) -> Result<Merged<S>, Error> {
+        let what = src.to_string();
+        let mut sink: Option<S> = None;
+        let mut make = Some(make);
+        let mut tree: MergedTree<S::Handle> = MergedTree::new();
+        tree.set_guard(Guard::new(
+            Some(op.cancel.clone()),
+            Some(op.limits.max_entries),
+        ));
+        let unpack_err = |source| Error::Unpack {
+            image: what.clone(),
+            source,
+        };
+        let streamed = self.pull_and_stream(
+            src,
+            false,
+            &mut |step| match step {
+                Step::Start => {
+                    sink = Some((make.take().expect("started once"))()?);
+                    Ok(0)
+                }
+                Step::Layer(stream) => {
+                    let s = sink.as_mut().expect("started");
+                    let stats = tree.apply_layer(&mut &mut *stream, s).map_err(unpack_err)?;
+                    Ok(stats.entries)
+                }
+            },
+            op,
+        );
+        let (pulled, config, _) = match streamed {
+            Ok(v) => v,
+            Err(e) => return Err(explain(sink.as_ref(), e)),
+        };
+        tree.finish().map_err(unpack_err)?;
+        Ok((pulled, config, tree, sink.expect("started")))
+    }
+
     fn export_ext4(
         &self,
         src: &ImageSource,
@@ -147,62 +211,27 @@ impl Client {
         opts: &ExportOptions,
         op: &Op,
     ) -> Result<Made, Error> {
-        let what = src.to_string();
-        let exp = |e| Error::Export {
-            image: what.clone(),
-            source: e,
-        };
-        let mut builder: Option<Ext4Builder> = None;
-        let mut tree: MergedTree<Run> = MergedTree::new();
-        tree.set_guard(Guard::new(
-            Some(op.cancel.clone()),
-            Some(op.limits.max_entries),
-        ));
-        let streamed = self.pull_and_stream(
+        let exp = export_err(src);
+        let (pulled, config, tree, mut builder) = self.merge_into(
             src,
-            false,
-            &mut |step| match step {
-                Step::Start => {
-                    let b = Ext4Builder::create(
-                        tmp,
-                        Ext4Options {
-                            size: opts.size,
-                            cancel: Some(op.cancel.clone()),
-                            ..Ext4Options::default()
-                        },
-                    )
-                    .map_err(exp)?;
-                    builder = Some(b);
-                    Ok(0)
-                }
-                Step::Layer(stream) => {
-                    let b = builder.as_mut().expect("started");
-                    let stats =
-                        tree.apply_layer(&mut &mut *stream, b)
-                            .map_err(|source| Error::Unpack {
-                                image: what.clone(),
-                                source,
-                            })?;
-                    Ok(stats.entries)
-                }
-            },
             op,
-        );
-        let (pulled, config, _entries) = match streamed {
-            Ok(v) => v,
-            // Past a fixed --size: say so, not "reading the layer".
-            Err(e) => match builder.as_ref().and_then(Ext4Builder::overflow) {
-                Some((size, needed)) => {
-                    return Err(exp(hoist_export::ExportError::TooSmall { size, needed }))
-                }
-                None => return Err(e),
+            || {
+                Ext4Builder::create(
+                    tmp,
+                    Ext4Options {
+                        size: opts.size,
+                        cancel: Some(op.cancel.clone()),
+                        ..Ext4Options::default()
+                    },
+                )
+                .map_err(exp)
             },
-        };
-        tree.finish().map_err(|source| Error::Unpack {
-            image: what.clone(),
-            source,
-        })?;
-        let mut builder = builder.expect("started");
+            // Past a fixed --size: say so, not "reading the layer".
+            |b, e| match b.and_then(Ext4Builder::overflow) {
+                Some((size, needed)) => exp(hoist_export::ExportError::TooSmall { size, needed }),
+                None => e,
+            },
+        )?;
         op.emit(Event::Exporting { format: "ext4" });
         let (uuid, hash_seed) = ids_of(&pulled.digest);
         builder.set_identity(
@@ -211,16 +240,27 @@ impl Client {
             tree.nodes().map(|n| n.meta.mtime).max().unwrap_or(0),
         );
         let stats = builder.finish(&tree).map_err(exp)?;
-        Ok(Made {
-            digest: pulled.digest,
-            platform: pulled.platform,
-            content_bytes: stats.data_bytes,
-            metadata: config.metadata,
-        })
+        Ok(made(pulled, config, stats.data_bytes))
     }
 
-    /// cpio straight from the layer streams: contents spooled beside `out`
-    /// as they stream past, the archive written from the merged tree.
+    fn export_erofs(&self, src: &ImageSource, tmp: &Path, op: &Op) -> Result<Made, Error> {
+        let exp = export_err(src);
+        let (pulled, config, tree, builder) = self.merge_into(
+            src,
+            op,
+            || ErofsBuilder::create(tmp, Some(op.cancel.clone())).map_err(exp),
+            |_, e| e,
+        )?;
+        op.emit(Event::Exporting { format: "erofs" });
+        builder
+            .finish(&tree, ids_of(&pulled.digest).0)
+            .map_err(exp)?;
+        let bytes = file_bytes(&tree);
+        Ok(made(pulled, config, bytes))
+    }
+
+    /// cpio: contents spooled beside `out` as they stream past, the archive
+    /// written from the merged tree.
     fn export_cpio(
         &self,
         src: &ImageSource,
@@ -229,52 +269,20 @@ impl Client {
         gzip: bool,
         op: &Op,
     ) -> Result<Made, Error> {
-        let what = src.to_string();
-        let exp = |e| Error::Export {
-            image: what.clone(),
-            source: e,
-        };
+        let exp = export_err(src);
         let dir = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let mut builder: Option<hoist_export::CpioBuilder> = None;
-        let mut tree: MergedTree<Run> = MergedTree::new();
-        tree.set_guard(Guard::new(
-            Some(op.cancel.clone()),
-            Some(op.limits.max_entries),
-        ));
-        let (pulled, config, _) = self.pull_and_stream(
+        let (pulled, config, tree, builder) = self.merge_into(
             src,
-            false,
-            &mut |step| match step {
-                Step::Start => {
-                    let b = hoist_export::CpioBuilder::new(&dir, Some(op.cancel.clone()))
-                        .map_err(exp)?;
-                    builder = Some(b);
-                    Ok(0)
-                }
-                Step::Layer(stream) => {
-                    let b = builder.as_mut().expect("started");
-                    let stats =
-                        tree.apply_layer(&mut &mut *stream, b)
-                            .map_err(|source| Error::Unpack {
-                                image: what.clone(),
-                                source,
-                            })?;
-                    Ok(stats.entries)
-                }
-            },
             op,
+            || CpioBuilder::new(&dir, Some(op.cancel.clone())).map_err(exp),
+            |_, e| e,
         )?;
-        tree.finish().map_err(|source| Error::Unpack {
-            image: what.clone(),
-            source,
-        })?;
         op.emit(Event::Exporting { format: "cpio" });
         let f = std::fs::File::create(tmp).map_err(|e| self.io_err(tmp, e))?;
         let w = std::io::BufWriter::with_capacity(1 << 20, f);
-        let builder = builder.expect("started");
         if gzip {
             let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
             builder.finish(&tree, &mut gz).map_err(exp)?;
@@ -283,91 +291,8 @@ impl Client {
         } else {
             builder.finish(&tree, w).map_err(exp)?;
         }
-        let content_bytes = tree
-            .nodes()
-            .map(|n| match n.body {
-                hoist_unpack::Body::File { size, .. } => size,
-                _ => 0,
-            })
-            .sum();
-        Ok(Made {
-            digest: pulled.digest,
-            platform: pulled.platform,
-            content_bytes,
-            metadata: config.metadata,
-        })
-    }
-
-    /// erofs: unpack into a temp tree beside `out`, build from it and the
-    /// recorded metadata, remove the tree.
-    fn export_from_tree(
-        &self,
-        src: &ImageSource,
-        out: &Path,
-        tmp: &Path,
-        opts: &ExportOptions,
-        op: &Op,
-    ) -> Result<Made, Error> {
-        let rootfs = crate::stale::temp_beside(out, "rootfs")
-            .ok_or_else(|| self.io_err(out, std::io::ErrorKind::InvalidInput.into()))?;
-        let u = self.unpack_inner_for_export(
-            src,
-            &rootfs,
-            &UnpackOptions {
-                ownership: opts.ownership,
-                verify_blobs: false,
-            },
-            op,
-        )?;
-        // The unpack's lock went with its temp name; take one on the tree.
-        let _lock = DirLock::open(&rootfs).map_err(|e| self.io_err(&rootfs, e))?;
-        op.emit(Event::Exporting { format: "erofs" });
-        let result = (|| -> Result<u64, Error> {
-            let f = std::fs::File::open(&u.tree_metadata)
-                .map_err(|e| self.io_err(&u.tree_metadata, e))?;
-            let meta = TreeMeta::read_from(std::io::BufReader::new(f))
-                .map_err(|e| self.io_err(&u.tree_metadata, e))?;
-            let tree = Tree {
-                rootfs: &rootfs,
-                meta: &meta,
-            };
-            let exp = |e| Error::Export {
-                image: u.source.clone(),
-                source: e,
-            };
-            match opts.format {
-                Format::Erofs => {
-                    hoist_export::write_erofs(
-                        &tree,
-                        tmp,
-                        &ErofsOptions {
-                            uuid: uuid_of(&u.digest),
-                        },
-                    )
-                    .map_err(exp)?;
-                }
-                Format::Ext4 | Format::Cpio { .. } => {
-                    unreachable!("ext4 and cpio are written from the layers")
-                }
-            }
-            let content_bytes = tree
-                .nodes()
-                .map_err(exp)?
-                .iter()
-                .filter(|n| n.meta.kind == hoist_unpack::EntryType::File && n.last_link)
-                .map(|n| n.size)
-                .sum();
-            Ok(content_bytes)
-        })();
-        if let Err(e) = hoist_unpack::remove_tree(&rootfs) {
-            tracing::warn!("could not remove {}: {e}", rootfs.display());
-        }
-        Ok(Made {
-            digest: u.digest,
-            platform: u.platform,
-            content_bytes: result?,
-            metadata: u.metadata,
-        })
+        let bytes = file_bytes(&tree);
+        Ok(made(pulled, config, bytes))
     }
 
     fn io_err(&self, p: &Path, e: std::io::Error) -> Error {

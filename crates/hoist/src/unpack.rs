@@ -369,17 +369,6 @@ impl Client {
         op.finished(self.unpack_inner(src, dir, opts, op))
     }
 
-    /// `unpack` without the op's end events: a step of an export.
-    pub(crate) fn unpack_inner_for_export(
-        &self,
-        src: &ImageSource,
-        dir: &Path,
-        opts: &UnpackOptions,
-        op: &Op,
-    ) -> Result<Unpacked, Error> {
-        self.unpack_inner(src, dir, opts, op)
-    }
-
     fn unpack_inner(
         &self,
         src: &ImageSource,
