@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""Export to ext4: hoist vs the Go original's path, alternating runs.
+"""Export: hoist (ext4, erofs) vs the Go original's paths, alternating runs.
 
     scripts/bench-export.py [--runs N] [--ref HOST/REPO:TAG] [--hoist PATH]
+                            [--tools hoist,go,hoist-erofs,go-erofs]
+
+hoist-erofs: `hoist export REF -o FILE --format erofs` (uncompressed).
+go-erofs:    `umoci unpack --rootless`, then `mkfs.erofs -zlz4 FILE ROOTFS`
+             (the Go original's erofs path; lz4 compressed).
 
 hoist:  `hoist export REF -o FILE` (blobs already in the cache; ext4 is
         written straight from the layer streams).
@@ -31,6 +36,7 @@ ap.add_argument("--ref", default="127.0.0.1:5000/rig/big:latest")
 ap.add_argument("--workdir", default="/var/tmp", help="where caches and outputs go")
 ap.add_argument("--hoist", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "hoist"))
 ap.add_argument("--settle", type=float, default=20.0)
+ap.add_argument("--tools", default="hoist,go,hoist-erofs,go-erofs")
 a = ap.parse_args()
 env = ENV
 work = tempfile.mkdtemp(prefix="hoist-bench-export-", dir=a.workdir)
@@ -62,13 +68,22 @@ def margin(img):
     return free / total
 
 
-hoist_rss = []
+hoist_rss = {"hoist": [], "hoist-erofs": []}
 
 
-def hoist():
-    wall, rss = timed([a.hoist, "-q", "--cache-dir", cache, "export", a.ref, "-o", out])
-    hoist_rss.append(rss)
+def hoist(fmt="ext4"):
+    wall, rss = timed([a.hoist, "-q", "--cache-dir", cache, "export", a.ref, "-o", out,
+                       "--format", fmt])
+    hoist_rss["hoist" if fmt == "ext4" else "hoist-erofs"].append(rss)
     return wall
+
+
+def go_erofs():
+    t0 = time.monotonic()
+    run(["umoci", "unpack", "--rootless", "--image", "%s:%s" % (layout, digest[7:]), bundle])
+    tree_info["apparent"] = int(run(["du", "-sb", os.path.join(bundle, "rootfs")]).split()[0])
+    run(["mkfs.erofs", "-zlz4", "-T0", out, os.path.join(bundle, "rootfs")])
+    return time.monotonic() - t0
 
 
 go_failures = []
@@ -97,25 +112,41 @@ def go():
     sys.exit("the Go path failed at 2x too: %s" % go_failures)
 
 
-res = {"hoist": [], "go": []}
+tools = {
+    "hoist": lambda: hoist("ext4"),
+    "go": go,
+    "hoist-erofs": lambda: hoist("erofs"),
+    "go-erofs": go_erofs,
+}
+names = [t for t in a.tools.split(",") if t in tools]
+res = {n: [] for n in names}
 info = {}
 for i in range(a.runs):
-    order = ["hoist", "go"] if i % 2 == 0 else ["go", "hoist"]
+    order = names if i % 2 == 0 else list(reversed(names))
     for name in order:
         clean()
-        t = hoist() if name == "hoist" else go()
-        info[name] = (os.path.getsize(out), margin(out))
+        t = tools[name]()
+        info[name] = (os.path.getsize(out), margin(out) if name in ("hoist", "go") else None)
         res[name].append(t)
-        print("%-5s run %d: %.2f s" % (name, i + 1, t), file=sys.stderr)
+        print("%-11s run %d: %.2f s" % (name, i + 1, t), file=sys.stderr)
 clean()
 subprocess.run(["rm", "-rf", work])
 print("image: %s, %d alternating runs" % (a.ref, a.runs))
 for name, v in res.items():
     size, free = info[name]
-    print("%-5s total median %7.2f s  image %7.1f MiB  ext4 free %4.1f %%" % (name, statistics.median(v), size / 2**20, 100 * free))
-print("time ratio hoist/go: %.3f" % (statistics.median(res["hoist"]) / statistics.median(res["go"])))
-print("hoist peak RSS median: %.1f MiB" % statistics.median(hoist_rss))
-if tree_info:
+    extra = "  ext4 free %4.1f %%" % (100 * free) if free is not None else ""
+    print("%-11s total median %7.2f s  image %7.1f MiB%s" % (name, statistics.median(v), size / 2**20, extra))
+med = {n: statistics.median(v) for n, v in res.items()}
+for x, y in [("hoist", "go"), ("hoist-erofs", "hoist"), ("hoist-erofs", "go-erofs")]:
+    if x in med and y in med:
+        print("time ratio %s/%s: %.3f" % (x, y, med[x] / med[y]))
+for n, v in hoist_rss.items():
+    if v:
+        print("%s peak RSS median: %.1f MiB" % (n, statistics.median(v)))
+if "hoist-erofs" in info and tree_info:
+    print("hoist erofs image / tree apparent size (du -sb): %.3f" % (
+        info["hoist-erofs"][0] / tree_info["apparent"]))
+if tree_info and "hoist" in info and "on_disk" in tree_info:
     hs = info["hoist"][0]
     print("unpacked tree: %.1f MiB on disk (du -s), %.1f MiB apparent (du -sb)" % (
         tree_info["on_disk"] / 2**20, tree_info["apparent"] / 2**20))

@@ -199,6 +199,7 @@ fn random_layer_stacks_give_images_fsck_erofs_accepts() {
     let names = ["a", "b", "a/x", "a/y", "b/x", "s", "s/x", "d/e/f"];
     let sizes = [0usize, 1, 3000, 3600, 4095, 4096, 4097, 70_000];
     let mut checked = 0;
+    let mut mounted = 0;
     for case in 0..1000 {
         let mut layers = Vec::new();
         for _ in 0..rng.usize(1..4) {
@@ -242,9 +243,92 @@ fn random_layer_stacks_give_images_fsck_erofs_accepts() {
             return;
         }
         checked += 1;
+        // As root, every 25th image is also mounted by the kernel and
+        // compared with the unpacker's tree of the same layers.
+        if case % 25 == 0 && rustix::process::geteuid().is_root() {
+            mounted += usize::from(same_as_unpacked(&img, &layers, tmp.path()));
+        }
         std::fs::remove_file(&img).unwrap();
     }
     assert!(checked > 200, "only {checked} images checked");
+    if rustix::process::geteuid().is_root() {
+        assert!(mounted > 10, "only {mounted} images mounted and compared");
+    }
+}
+
+/// One line per path: type, permission bits, owner, size, content hash or
+/// link target, and the link count of files.
+fn listing(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let t = m.file_type();
+            let what = if t.is_symlink() {
+                format!("-> {}", std::fs::read_link(&p).unwrap().display())
+            } else if t.is_file() {
+                let data = std::fs::read(&p).unwrap();
+                let sum: u64 = data.iter().fold(0xcbf29ce484222325, |h, &b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+                });
+                format!("{} {:x} links {}", data.len(), sum, m.nlink())
+            } else {
+                String::new()
+            };
+            out.push(format!(
+                "{rel} {:o} {}:{} {what}",
+                m.mode() & 0o177777,
+                m.uid(),
+                m.gid()
+            ));
+            if t.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Mount `img` and compare it with the unpacker's tree of `layers`.
+fn same_as_unpacked(img: &Path, layers: &[Vec<u8>], tmp: &Path) -> bool {
+    let dir = tmp.join("unpacked");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let mut u = hoist_unpack::Unpacker::new(
+        &dir,
+        hoist_unpack::UnpackOptions {
+            ownership: hoist_unpack::Ownership::Preserve,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for l in layers {
+        u.apply_layer(&mut &l[..]).unwrap();
+    }
+    u.finish().unwrap();
+    let mnt = tmp.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "erofs", "-o", "loop,ro"])
+        .arg(img)
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success();
+    if !ok {
+        skip("the erofs loop mount failed");
+        return false;
+    }
+    let (a, b) = (listing(&dir), listing(&mnt));
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(a, b, "the kernel's erofs tree differs from the unpacker's");
+    std::fs::remove_dir_all(&dir).unwrap();
+    true
 }
 
 /// fsck.erofs is a real check here: it walks every inode, so a damaged
