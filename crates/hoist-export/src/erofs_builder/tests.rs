@@ -351,3 +351,157 @@ fn fsck_erofs_notices_a_damaged_inode() {
     let out = Command::new("fsck.erofs").arg(&img).output().unwrap();
     assert!(!out.status.success(), "fsck.erofs accepted a damaged inode");
 }
+
+/// The fixtures in one image: a file of mode 0000, a 0555 directory
+/// that a later layer writes into, device nodes with old mtimes, a
+/// directory of 5,000 entries, a uid above 65535, and a sparse file above
+/// 4 GiB (which needs an extended inode).
+#[test]
+fn hard_cases_mode_0000_0555_dirs_old_devices_5000_entries_big_uids_and_a_4_gib_file() {
+    let raw = |kind: tar::EntryType, path: &str, mode: u32, uid: u64, mtime: u64, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_path(path).unwrap();
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_mtime(mtime);
+        h.set_size(data.len() as u64);
+        if kind == tar::EntryType::Char {
+            h.set_device_major(4).unwrap();
+            h.set_device_minor(64).unwrap();
+        }
+        h.set_cksum();
+        (h, data.to_vec())
+    };
+    let tar_of = |entries: Vec<(tar::Header, Vec<u8>)>| {
+        let mut b = tar::Builder::new(Vec::new());
+        for (h, d) in entries {
+            b.append(&h, &d[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    use tar::EntryType as T;
+    let l1 = tar_of(vec![
+        raw(T::Regular, "locked", 0o000, 0, 1_600_000_000, b"secret\n"),
+        raw(T::Directory, "ro", 0o555, 0, 1_600_000_000, b""),
+        raw(T::Char, "dev/ttyS0", 0o620, 0, 1, b""),
+    ]);
+    let mut l2 = vec![
+        raw(T::Regular, "ro/added", 0o644, 0, 1_600_000_001, b"later\n"),
+        raw(
+            T::Regular,
+            "owned",
+            0o644,
+            70_000,
+            1_600_000_001,
+            b"big uid\n",
+        ),
+    ];
+    for i in 0..5000 {
+        l2.push(raw(
+            T::Regular,
+            &format!("many/f{i:05}"),
+            0o644,
+            0,
+            1_600_000_001,
+            b"",
+        ));
+    }
+    let l2 = tar_of(l2);
+    // GNU tar stores the 4 GiB file sparse: the layer stays small.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let len: u64 = (4 << 30) + 4096;
+    let f = std::fs::File::create(src.join("huge")).unwrap();
+    f.set_len(len).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"head", 0).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"tail", len - 4).unwrap();
+    drop(f);
+    let out = Command::new("tar")
+        .args(["--format=gnu", "--sparse", "-cf", "-", "-C"])
+        .arg(&src)
+        .arg("huge")
+        .output()
+        .expect("GNU tar");
+    assert!(out.status.success());
+    std::fs::remove_file(src.join("huge")).unwrap();
+    let img = tmp.path().join("hard.erofs");
+    build(&img, &[l1, l2, out.stdout]).unwrap();
+    // The zeros were never written: the image file is sparse too.
+    let on_disk = std::fs::metadata(&img).unwrap().blocks() * 512;
+    assert!(on_disk < 16 << 20, "{on_disk} bytes on disk");
+    if !fsck(&img) {
+        return;
+    }
+    let show = |p: &str| {
+        tool(
+            Command::new("dump.erofs")
+                .arg(format!("--path={p}"))
+                .arg(&img),
+        )
+        .unwrap()
+    };
+    assert!(
+        show("/locked").contains("Access: 0000"),
+        "{}",
+        show("/locked")
+    );
+    assert!(show("/owned").contains("70000"), "{}", show("/owned"));
+    assert!(
+        show("/huge").contains(&len.to_string()),
+        "{}",
+        show("/huge")
+    );
+    if !rustix::process::geteuid().is_root() {
+        skip("mounting needs root");
+        return;
+    }
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "erofs", "-o", "loop,ro"])
+        .arg(&img)
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success();
+    if !ok {
+        skip("the erofs loop mount failed");
+        return;
+    }
+    let check = || {
+        let m = std::fs::symlink_metadata(mnt.join("locked")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0);
+        assert_eq!(std::fs::read(mnt.join("locked")).unwrap(), b"secret\n");
+        assert_eq!(
+            std::fs::symlink_metadata(mnt.join("ro")).unwrap().mode() & 0o7777,
+            0o555
+        );
+        assert_eq!(std::fs::read(mnt.join("ro/added")).unwrap(), b"later\n");
+        let tty = std::fs::symlink_metadata(mnt.join("dev/ttyS0")).unwrap();
+        assert_eq!((tty.mtime(), tty.rdev()), (1, rustix::fs::makedev(4, 64)));
+        let o = std::fs::symlink_metadata(mnt.join("owned")).unwrap();
+        assert_eq!((o.uid(), o.gid()), (70_000, 70_000));
+        assert_eq!(std::fs::read_dir(mnt.join("many")).unwrap().count(), 5000);
+        for i in [0, 1, 2499, 4998, 4999] {
+            assert!(mnt.join(format!("many/f{i:05}")).exists(), "f{i:05}");
+        }
+        assert!(!mnt.join("many/f05000").exists());
+        let h = std::fs::File::open(mnt.join("huge")).unwrap();
+        assert_eq!(h.metadata().unwrap().len(), len);
+        let mut b = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&h, &mut b, 0).unwrap();
+        assert_eq!(&b, b"head");
+        std::os::unix::fs::FileExt::read_exact_at(&h, &mut b, len - 4).unwrap();
+        assert_eq!(&b, b"tail");
+        std::os::unix::fs::FileExt::read_exact_at(&h, &mut b, 3 << 30).unwrap();
+        assert_eq!(&b, &[0; 4]);
+    };
+    let r = std::panic::catch_unwind(check);
+    let _ = Command::new("umount").arg(&mnt).status();
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
