@@ -4,22 +4,15 @@ use std::io::{Read, Write};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::harness::image::{self, Blob, Builder};
+use crate::harness::image::{self, Blob};
 use crate::harness::{hoist_leftovers, registries, unique_repo, Hoist};
 
 #[test]
 fn rm_untags_then_removes_and_gc_frees_only_unreachable_blobs() {
     let reg = &registries().plain;
     let repo = unique_repo("rm-gc");
+    let (a, b) = crate::harness::shared_base_pair(700, 64);
     let base = image::noise(700, 64 << 10);
-    let a = Builder::new()
-        .layer(&[("base", &base)])
-        .layer(&[("a", b"a")])
-        .build();
-    let b = Builder::new()
-        .layer(&[("base", &base)])
-        .layer(&[("b", b"b")])
-        .build();
     reg.push_image(&repo, "a", &a);
     reg.push_image(&repo, "a2", &a);
     reg.push_image(&repo, "b", &b);

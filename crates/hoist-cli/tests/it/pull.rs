@@ -115,16 +115,7 @@ fn pull_fills_a_verified_oci_layout_and_repull_is_one_manifest_request() {
 fn layers_shared_between_images_are_fetched_once() {
     let reg = &registries().plain;
     let repo = unique_repo("shared");
-    let base = image::noise(30, 300 << 10);
-    let a = Builder::new()
-        .layer(&[("base", &base)])
-        .layer(&[("a", b"a")])
-        .build();
-    let b = Builder::new()
-        .layer(&[("base", &base)])
-        .layer(&[("b", b"b")])
-        .build();
-    assert_eq!(a.layers[0].digest(), b.layers[0].digest());
+    let (a, b) = crate::harness::shared_base_pair(30, 300);
     reg.push_image(&repo, "a", &a);
     reg.push_image(&repo, "b", &b);
     let h = Hoist::new();

@@ -8,7 +8,7 @@ use std::process::Command;
 use hoist_unpack::MergedTree;
 
 use super::{ErofsBuilder, ErofsStats};
-use crate::ext4::tests::{sample, skip, tool, Layer};
+use crate::ext4::tests::{random_stack, sample, skip, tool};
 
 #[test]
 fn crc32c_is_castagnoli_without_the_final_inversion() {
@@ -28,6 +28,16 @@ fn build(out: &Path, layers: &[Vec<u8>]) -> Result<ErofsStats, String> {
     }
     t.finish().map_err(|e| e.to_string())?;
     b.finish(&t, UUID).map_err(|e| e.to_string())
+}
+
+/// Mount `img` read-only on `mnt` with the kernel's erofs.
+fn mount(img: &Path, mnt: &Path) -> bool {
+    Command::new("mount")
+        .args(["-t", "erofs", "-o", "loop,ro"])
+        .arg(img)
+        .arg(mnt)
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// `fsck.erofs` accepts the image (false: not installed, and not CI).
@@ -85,13 +95,7 @@ fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
     build(&img, &sample()).unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "erofs", "-o", "loop,ro"])
-        .arg(&img)
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok = mount(&img, &mnt);
     if !ok {
         skip("the erofs loop mount failed (no loop devices or no erofs?)");
         return;
@@ -178,13 +182,7 @@ fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
     bytes[1024 + 40] ^= 1;
     let bad = tmp.path().join("bad.erofs");
     std::fs::write(&bad, &bytes).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "erofs", "-o", "loop,ro"])
-        .arg(&bad)
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success();
+    let mounted = mount(&bad, &mnt);
     if mounted {
         let _ = Command::new("umount").arg(&mnt).status();
     }
@@ -193,7 +191,6 @@ fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
 
 #[test]
 fn random_layer_stacks_give_images_fsck_erofs_accepts() {
-    use tar::EntryType as T;
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = fastrand::Rng::with_seed(0xe70f5);
     let names = ["a", "b", "a/x", "a/y", "b/x", "s", "s/x", "d/e/f"];
@@ -201,39 +198,8 @@ fn random_layer_stacks_give_images_fsck_erofs_accepts() {
     let mut checked = 0;
     let mut mounted = 0;
     for case in 0..1000 {
-        let mut layers = Vec::new();
-        for _ in 0..rng.usize(1..4) {
-            let mut l = Layer::new();
-            for _ in 0..rng.usize(1..10) {
-                let name = names[rng.usize(..names.len())];
-                let other = names[rng.usize(..names.len())];
-                let owner = [(0, 0), (1000, 1000), (70_000, 70_000)][rng.usize(..3)];
-                let (parent, leaf) = name.rsplit_once('/').unwrap_or(("", name));
-                let wh = if parent.is_empty() {
-                    format!(".wh.{leaf}")
-                } else {
-                    format!("{parent}/.wh.{leaf}")
-                };
-                let data = vec![rng.u8(..); sizes[rng.usize(..sizes.len())]];
-                l = match rng.u8(..8) {
-                    0..=2 => l.file(name, 0o644, owner, &data),
-                    3 => l.dir(name, 0o755, owner),
-                    4 => l.entry(
-                        T::Symlink,
-                        name,
-                        0o777,
-                        owner,
-                        b"",
-                        Some(&other.repeat(rng.usize(1..30))),
-                        &[],
-                    ),
-                    5 => l.entry(T::Link, name, 0o644, owner, b"", Some(other), &[]),
-                    6 => l.file(&wh, 0o644, (0, 0), b""),
-                    _ => l.file(&format!("{name}/.wh..wh..opq"), 0o644, (0, 0), b""),
-                };
-            }
-            layers.push(l.done());
-        }
+        let owners = [(0, 0), (1000, 1000), (70_000, 70_000)];
+        let layers = random_stack(&mut rng, &names, &sizes, &owners);
         let img = tmp.path().join(format!("r{case}.erofs"));
         if build(&img, &layers).is_err() {
             assert!(!img.exists(), "an unfinished image is removed");
@@ -313,13 +279,7 @@ fn same_as_unpacked(img: &Path, layers: &[Vec<u8>], tmp: &Path) -> bool {
     u.finish().unwrap();
     let mnt = tmp.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "erofs", "-o", "loop,ro"])
-        .arg(img)
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success();
+    let ok = mount(img, &mnt);
     if !ok {
         skip("the erofs loop mount failed");
         return false;
@@ -460,13 +420,7 @@ fn hard_cases_mode_0000_0555_dirs_old_devices_5000_entries_big_uids_and_a_4_gib_
     }
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "erofs", "-o", "loop,ro"])
-        .arg(&img)
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success();
+    let ok = mount(&img, &mnt);
     if !ok {
         skip("the erofs loop mount failed");
         return;

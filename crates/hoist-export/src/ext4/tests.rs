@@ -414,48 +414,61 @@ fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
 /// Random layer stacks over a few colliding names (replacements, whiteouts,
 /// opaque dirs, hardlinks, files of 0 to 70 KiB so that released blocks
 /// get reused): every image must pass `e2fsck -fn`.
+/// One to three random layers over colliding `names`: files of `sizes`,
+/// directories, symlinks, hardlinks, whiteouts and opaque markers, owned
+/// by one of `owners`.
+pub(crate) fn random_stack(
+    rng: &mut fastrand::Rng,
+    names: &[&str],
+    sizes: &[usize],
+    owners: &[(u64, u64)],
+) -> Vec<Vec<u8>> {
+    use tar::EntryType as T;
+    let mut layers = Vec::new();
+    for _ in 0..rng.usize(1..4) {
+        let mut l = Layer::new();
+        for _ in 0..rng.usize(1..10) {
+            let name = names[rng.usize(..names.len())];
+            let other = names[rng.usize(..names.len())];
+            let owner = owners[rng.usize(..owners.len())];
+            let (parent, leaf) = name.rsplit_once('/').unwrap_or(("", name));
+            let wh = if parent.is_empty() {
+                format!(".wh.{leaf}")
+            } else {
+                format!("{parent}/.wh.{leaf}")
+            };
+            let data = vec![rng.u8(..); sizes[rng.usize(..sizes.len())]];
+            l = match rng.u8(..8) {
+                0..=2 => l.file(name, 0o644, owner, &data),
+                3 => l.dir(name, 0o755, owner),
+                4 => l.entry(
+                    T::Symlink,
+                    name,
+                    0o777,
+                    owner,
+                    b"",
+                    Some(&other.repeat(rng.usize(1..30))),
+                    &[],
+                ),
+                5 => l.entry(T::Link, name, 0o644, owner, b"", Some(other), &[]),
+                6 => l.file(&wh, 0o644, (0, 0), b""),
+                _ => l.file(&format!("{name}/.wh..wh..opq"), 0o644, (0, 0), b""),
+            };
+        }
+        layers.push(l.done());
+    }
+    layers
+}
+
 #[test]
 fn random_layer_stacks_give_images_e2fsck_accepts() {
-    use tar::EntryType as T;
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = fastrand::Rng::with_seed(0xe47);
     let names = ["a", "b", "a/x", "a/y", "b/x", "s", "s/x", "d/e/f"];
     let sizes = [0usize, 1, 4095, 4096, 4097, 70_000];
     let mut checked = 0;
     for case in 0..1000 {
-        let mut layers = Vec::new();
-        for _ in 0..rng.usize(1..4) {
-            let mut l = Layer::new();
-            for _ in 0..rng.usize(1..10) {
-                let name = names[rng.usize(..names.len())];
-                let other = names[rng.usize(..names.len())];
-                let owner = [(0, 0), (1000, 1000)][rng.usize(..2)];
-                let (parent, leaf) = name.rsplit_once('/').unwrap_or(("", name));
-                let wh = if parent.is_empty() {
-                    format!(".wh.{leaf}")
-                } else {
-                    format!("{parent}/.wh.{leaf}")
-                };
-                let data = vec![rng.u8(..); sizes[rng.usize(..sizes.len())]];
-                l = match rng.u8(..8) {
-                    0..=2 => l.file(name, 0o644, owner, &data),
-                    3 => l.dir(name, 0o755, owner),
-                    4 => l.entry(
-                        T::Symlink,
-                        name,
-                        0o777,
-                        owner,
-                        b"",
-                        Some(&other.repeat(rng.usize(1..30))),
-                        &[],
-                    ),
-                    5 => l.entry(T::Link, name, 0o644, owner, b"", Some(other), &[]),
-                    6 => l.file(&wh, 0o644, (0, 0), b""),
-                    _ => l.file(&format!("{name}/.wh..wh..opq"), 0o644, (0, 0), b""),
-                };
-            }
-            layers.push(l.done());
-        }
+        let layers = random_stack(&mut rng, &names, &sizes, &[(0, 0), (1000, 1000)]);
         let img = tmp.path().join(format!("r{case}.ext4"));
         // Invalid stacks (a hardlink to nothing) are refused, as the
         // unpacker refuses them; the rest must make sound images.

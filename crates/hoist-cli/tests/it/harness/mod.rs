@@ -161,6 +161,21 @@ pub fn sample_image(seed: u64, layer_kib: usize) -> image::Image {
         .build()
 }
 
+/// Two images over one shared base layer of `base_kib` KiB, each with a
+/// small top layer of its own (`a`, `b`).
+pub fn shared_base_pair(seed: u64, base_kib: usize) -> (image::Image, image::Image) {
+    let base = image::noise(seed, base_kib << 10);
+    let one = |name: &str| {
+        image::Builder::new()
+            .layer(&[("base", &base)])
+            .layer(&[(name, name.as_bytes())])
+            .build()
+    };
+    let (a, b) = (one("a"), one("b"));
+    assert_eq!(a.layers[0].digest(), b.layers[0].digest());
+    (a, b)
+}
+
 /// hoist's temp files and trees (`.NAME.hoist-…`) left in `dir`.
 pub fn hoist_leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
