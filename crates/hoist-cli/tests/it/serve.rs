@@ -637,3 +637,33 @@ fn two_concurrent_builds_sharing_a_layer_download_it_once() {
         .collect();
     assert_eq!(gets.len(), 1, "the shared layer was fetched {gets:?}");
 }
+
+#[test]
+fn serve_builds_erofs_disks_natively() {
+    let reg = &registries().plain;
+    let repo = unique_repo("serve-erofs");
+    reg.push_image(&repo, "v1", &sample_image(812, 64));
+    let name = format!("{}/{repo}:v1", reg.host);
+    let h = Hoist::new();
+    let data = h.home.path().to_path_buf();
+    let s = Server::start(&h, &data, None, &["--format", "erofs"]);
+    assert_eq!(s.create(&name).0, 202);
+    let recs = s.wait_ready(&[&name], Duration::from_secs(60));
+    assert_eq!(recs[0]["format"], "erofs");
+    let disk = recs[0]["disk_path"].as_str().unwrap();
+    assert!(disk.ends_with("rootfs.erofs"), "{disk}");
+    let o = std::process::Command::new("fsck.erofs")
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new("dump.erofs")
+        .arg("--path=/etc/hello")
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Size: 6"),
+        "{o:?}"
+    );
+}
