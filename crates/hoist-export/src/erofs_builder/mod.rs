@@ -156,6 +156,8 @@ struct Rec {
     inline: InlineSrc,
     /// The first data block (`FLAT_PLAIN` and full blocks of `FLAT_INLINE`).
     blkaddr: u32,
+    /// Data blocks of a file in the area (0 for the rest).
+    blocks: u64,
     nid: u64,
 }
 
@@ -219,7 +221,15 @@ impl ErofsBuilder {
         out: &Path,
         cancel: Option<hoist_spec::Cancel>,
     ) -> Result<ErofsBuilder, ExportError> {
-        let file = File::create(out).map_err(|e| ExportError::io("create", out, e))?;
+        // Read back too: files move within the image (compaction, tails
+        // that do not fit beside their inode).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(out)
+            .map_err(|e| ExportError::io("create", out, e))?;
         let dir = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -303,6 +313,7 @@ impl ErofsBuilder {
                 shown
             };
             let xattrs = xattr_body(&shown, &n.xattrs)?;
+            let mut blocks = 0;
             let (size, layout, inline, blkaddr, nlink) = match &n.body {
                 Body::File { size, content } => {
                     let c = content.unwrap_or(Content {
@@ -313,6 +324,7 @@ impl ErofsBuilder {
                         Some((off, len)) => (FLAT_INLINE, InlineSrc::Spool(off, len)),
                         None => (FLAT_PLAIN, InlineSrc::None),
                     };
+                    blocks = c.run.len;
                     (*size, layout, inline, c.run.start as u32, n.links)
                 }
                 Body::Symlink(t) => (
@@ -356,6 +368,7 @@ impl ErofsBuilder {
                 xattrs,
                 inline,
                 blkaddr,
+                blocks,
                 nid: 0,
             });
         }
@@ -380,11 +393,17 @@ impl ErofsBuilder {
                     InlineSrc::None => {}
                 }
                 let run = self.area.put(&data).map_err(werr)?;
+                self.area.release(Run {
+                    start: u64::from(r.blkaddr),
+                    len: r.blocks,
+                });
                 r.blkaddr = run.start as u32;
+                r.blocks = run.len;
                 r.layout = FLAT_PLAIN;
                 r.inline = InlineSrc::None;
             }
         }
+        self.compact(&mut recs)?;
         // Nids: the metadata area in order, no record across a block.
         let mut off: u64 = 0;
         let mut dir_tail_inline: HashMap<NodeId, bool> = HashMap::new();
@@ -463,6 +482,62 @@ impl ErofsBuilder {
             blocks: total,
             compact_inodes: recs.iter().filter(|r| !r.extended).count() as u64,
         })
+    }
+
+    /// Files that later layers deleted left holes in the data area: move the
+    /// files nearest its end into them (best fit, only ever to an earlier
+    /// block), then end the area where its live data ends. Files of more
+    /// than 64 MiB stay where they are (they may be sparse, and copying
+    /// would fill their holes).
+    fn compact(&mut self, recs: &mut [Rec]) -> Result<(), ExportError> {
+        const MAX_MOVE: u64 = (64 << 20) / BLOCK;
+        let mut order: Vec<usize> = (0..recs.len()).filter(|&i| recs[i].blocks > 0).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(recs[i].blkaddr));
+        let mut buf = Vec::new();
+        for i in order {
+            let (start, len) = (u64::from(recs[i].blkaddr), recs[i].blocks);
+            if len > MAX_MOVE {
+                continue;
+            }
+            let Some(&(hl, hs)) = self
+                .area
+                .holes
+                .range((len, 0)..)
+                .find(|&&(_, hs)| hs + len <= start)
+            else {
+                continue;
+            };
+            self.area.holes.remove(&(hl, hs));
+            if hl > len {
+                self.area.holes.insert((hl - len, hs + len));
+            }
+            buf.clear();
+            self.area
+                .read_run(start, len * BLOCK, &mut buf)
+                .map_err(werr)?;
+            self.area
+                .file
+                .write_all_at(&buf, hs * BLOCK)
+                .map_err(werr)?;
+            recs[i].blkaddr = hs as u32;
+            self.area.release(Run { start, len });
+        }
+        let end = recs
+            .iter()
+            .filter(|r| r.blocks > 0)
+            .map(|r| u64::from(r.blkaddr) + r.blocks)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let holes: Vec<(u64, u64)> = self.area.holes.iter().copied().collect();
+        self.area.holes.clear();
+        for (l, s) in holes {
+            if s < end {
+                self.area.holes.insert(((s + l).min(end) - s, s));
+            }
+        }
+        self.area.next = end;
+        Ok(())
     }
 
     fn write_meta(
