@@ -63,9 +63,11 @@ async fn create(State(svc): S, body: axum::body::Bytes) -> Result<Response, ApiE
     svc.check_allowed(&r)?;
     let s2 = svc.clone();
     let r2 = r.clone();
+    let permit = svc.resolves.acquire().await.map_err(ApiError::internal)?;
     let inspected = tokio::task::spawn_blocking(move || s2.resolve(&r2))
         .await
         .map_err(ApiError::internal)??;
+    drop(permit);
     let s3 = svc.clone();
     let rec = tokio::task::spawn_blocking(move || s3.create(&r, &inspected))
         .await

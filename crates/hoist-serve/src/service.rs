@@ -125,6 +125,9 @@ pub struct Service {
     tracker: Arc<Tracker>,
     pub metrics: Metrics,
     shutting_down: AtomicBool,
+    /// Resolutions (`POST /images`) at once: a storm of POSTs waits here
+    /// instead of filling the blocking pool with registry round trips.
+    pub resolves: tokio::sync::Semaphore,
     /// How many builds ran for each digest (the benchmark reads this from
     /// the pulls metric; this is for the log).
     started: Instant,
@@ -203,6 +206,7 @@ impl Service {
             tracker: Arc::new(Tracker::default()),
             metrics: Metrics::new(),
             shutting_down: AtomicBool::new(false),
+            resolves: tokio::sync::Semaphore::new(16),
             started: Instant::now(),
         });
         svc.recover().map_err(|e| e.message)?;
