@@ -347,7 +347,6 @@ fn a_fixed_size_is_kept_and_a_tree_that_does_not_fit_is_refused() {
 /// xattrs. Root only (loop devices); says so when skipped.
 #[test]
 fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
-    use std::os::unix::fs::MetadataExt;
     if !rustix::process::geteuid().is_root() {
         skip("mounting needs root");
         return;
@@ -368,52 +367,56 @@ fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
         skip("the loop mount failed (no loop devices?)");
         return;
     }
-    let check = || {
-        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        assert_eq!(std::fs::read(mnt.join("usr/bin/big")).unwrap(), big);
-        assert_eq!(
-            std::fs::read(mnt.join("usr/bin/new")).unwrap(),
-            &big[..5000]
-        );
-        let m = std::fs::metadata(mnt.join("etc/shadow")).unwrap();
-        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 42, 0o640));
-        assert_eq!(
-            std::fs::read_link(mnt.join("long"))
-                .unwrap()
-                .to_str()
-                .unwrap(),
-            "x/".repeat(100)
-        );
-        let n = std::fs::read_dir(mnt.join("usr/share/many"))
-            .unwrap()
-            .count();
-        assert_eq!(n, 600);
-        let f = mnt.join("usr/share/many/file-with-a-long-name-0599");
-        assert!(std::fs::read_to_string(f).unwrap().ends_with("0599"));
-        let v = rustix::fs::getxattr(mnt.join("usr/bin/tagged"), "user.big", &mut [0u8; 512][..])
-            .unwrap();
-        assert_eq!(v, 300);
-        // The kernel turns ext4's short ACL form back into this one.
-        let mut buf = [0u8; 128];
-        let n = rustix::fs::getxattr(mnt.join("etc/acl"), "system.posix_acl_access", &mut buf[..])
-            .unwrap();
-        assert_eq!(&buf[..n], &acl()[..]);
-        assert_eq!(
-            std::fs::metadata(mnt.join("usr/bin/big-again"))
-                .unwrap()
-                .nlink(),
-            2
-        );
-        assert!(!mnt.join("etc/gone").exists());
-    };
+    let check = || assert_sample_tree(&mnt);
     let r = std::panic::catch_unwind(check);
     let _ = Command::new("umount").arg(&mnt).status();
     r.unwrap();
 }
 
-/// Random layer stacks over a few colliding names (replacements, whiteouts,
-/// opaque dirs, hardlinks, files of 0 to 70 KiB so that released blocks
-/// get reused): every image must pass `e2fsck -fn`.
+/// What the kernel must read from an image of [`sample`] mounted on `mnt`,
+/// whatever the file system: contents, owners, modes, a long symlink, a
+/// 600-entry directory, xattrs (an ACL in the kernel's form), a hardlink,
+/// a whiteout.
+pub(crate) fn assert_sample_tree(mnt: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(std::fs::read(mnt.join("usr/bin/big")).unwrap(), big);
+    assert_eq!(
+        std::fs::read(mnt.join("usr/bin/new")).unwrap(),
+        &big[..5000]
+    );
+    let m = std::fs::metadata(mnt.join("etc/shadow")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 42, 0o640));
+    assert_eq!(
+        std::fs::read_link(mnt.join("long"))
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "x/".repeat(100)
+    );
+    let n = std::fs::read_dir(mnt.join("usr/share/many"))
+        .unwrap()
+        .count();
+    assert_eq!(n, 600);
+    let f = mnt.join("usr/share/many/file-with-a-long-name-0599");
+    assert!(std::fs::read_to_string(f).unwrap().ends_with("0599"));
+    let v =
+        rustix::fs::getxattr(mnt.join("usr/bin/tagged"), "user.big", &mut [0u8; 512][..]).unwrap();
+    assert_eq!(v, 300);
+    // The kernel turns ext4's short ACL form back into this one.
+    let mut buf = [0u8; 128];
+    let n =
+        rustix::fs::getxattr(mnt.join("etc/acl"), "system.posix_acl_access", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], &acl()[..]);
+    assert_eq!(
+        std::fs::metadata(mnt.join("usr/bin/big-again"))
+            .unwrap()
+            .nlink(),
+        2
+    );
+    assert!(!mnt.join("etc/gone").exists());
+}
+
 /// One to three random layers over colliding `names`: files of `sizes`,
 /// directories, symlinks, hardlinks, whiteouts and opaque markers, owned
 /// by one of `owners`.
@@ -460,6 +463,9 @@ pub(crate) fn random_stack(
     layers
 }
 
+/// Random layer stacks over a few colliding names (replacements, whiteouts,
+/// opaque dirs, hardlinks, files of 0 to 70 KiB so that released blocks
+/// get reused): every image must pass `e2fsck -fn`.
 #[test]
 fn random_layer_stacks_give_images_e2fsck_accepts() {
     let tmp = tempfile::tempdir().unwrap();
