@@ -37,7 +37,14 @@ fi
 
 # The boot smoke test needs a kernel: take vmlinuz out of Debian's
 # linux-image package (no install, no initramfs) into target/test-kernel.
-if ! ls target/test-kernel/boot/vmlinuz-* >/dev/null 2>&1; then
+# The disk boot test also needs the modules that put a virtio disk, ext4,
+# erofs and overlayfs in reach of a small initramfs (and their dependencies).
+MODS='./lib/modules/*/kernel/drivers/virtio/* ./lib/modules/*/kernel/drivers/block/virtio_blk.ko
+  ./lib/modules/*/kernel/fs/ext4/* ./lib/modules/*/kernel/fs/jbd2/* ./lib/modules/*/kernel/fs/mbcache.ko
+  ./lib/modules/*/kernel/lib/crc16.ko ./lib/modules/*/kernel/lib/libcrc32c.ko
+  ./lib/modules/*/kernel/crypto/crc32c_generic.ko ./lib/modules/*/kernel/fs/erofs/*
+  ./lib/modules/*/kernel/fs/overlayfs/*'
+if ! ls target/test-kernel/boot/vmlinuz-* >/dev/null 2>&1 || ! ls target/test-kernel/lib/modules/*/kernel/fs/erofs/erofs.ko >/dev/null 2>&1; then
   dl=$(mktemp -d)
   pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
   if [ -z "$pkg" ] && [ "$(id -u)" -eq 0 ]; then
@@ -46,7 +53,11 @@ if ! ls target/test-kernel/boot/vmlinuz-* >/dev/null 2>&1; then
   fi
   if [ -n "$pkg" ] && (cd "$dl" && apt-get download -qq "$pkg" 2>/dev/null); then
     mkdir -p target/test-kernel
-    dpkg-deb --fsys-tarfile "$dl"/*.deb | tar -x -C target/test-kernel --wildcards './boot/vmlinuz-*'
+    deb=$(ls "$dl"/*.deb)
+    set -f # the patterns are tar's, not the shell's
+    # shellcheck disable=SC2086
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C target/test-kernel --wildcards './boot/vmlinuz-*' $MODS
+    set +f
   else
     echo "scripts/test.sh: could not fetch a kernel; the boot smoke test will say SKIPPED" >&2
   fi

@@ -475,3 +475,142 @@ fn cpio_export_boots_under_qemu_with_the_entrypoint_as_init() {
     assert!(line.contains("shadow=0:42:640"), "{line}");
     assert!(line.contains("null=character special file:1,3"), "{line}");
 }
+
+/// The modules a virtio disk with ext4 or erofs under an overlay needs, in
+/// load order (from their `depends=`; Debian's package has no modules.dep).
+const BOOT_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio",
+    "virtio_pci",
+    "virtio_blk",
+    "crc32c_generic",
+    "jbd2",
+    "mbcache",
+    "crc16",
+    "ext4",
+    "libcrc32c",
+    "erofs",
+    "overlay",
+];
+
+/// The ext4 and erofs disks boot as the Go original's guest uses them: the
+/// read-only lower layer of an overlay, on virtio-blk. A small initramfs
+/// (busybox and Debian's modules) mounts the disk and switches to the
+/// image's own `/init.sh`, whose output is read on the serial console.
+#[test]
+fn ext4_and_erofs_disks_boot_under_qemu_as_the_lower_layer_of_an_overlay() {
+    let kdir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-kernel");
+    let kernel = std::fs::read_dir(kdir.join("boot")).ok().and_then(|d| {
+        d.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
+    });
+    let modules = std::fs::read_dir(kdir.join("lib/modules"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path());
+    let ok = kernel.is_some()
+        && modules.is_some()
+        && Path::new("/bin/busybox").exists()
+        && Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_ok()
+        && is_root();
+    if !ok {
+        let why = "the disk boot test needs the kernel and modules scripts/test.sh extracts, qemu, busybox-static and root";
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let modules = modules.unwrap();
+    let base = base_dir();
+    let (r, _) = image(base.path());
+    // The initramfs: busybox, the modules, and an /init that mounts.
+    let rd = base.path().join("initrd");
+    std::fs::create_dir_all(rd.join("bin")).unwrap();
+    std::fs::create_dir_all(rd.join("mods")).unwrap();
+    std::fs::copy("/bin/busybox", rd.join("bin/busybox")).unwrap();
+    for m in BOOT_MODULES {
+        let found = walk_find(&modules, &format!("{m}.ko")).unwrap_or_else(|| panic!("{m}.ko"));
+        std::fs::copy(found, rd.join("mods").join(format!("{m}.ko"))).unwrap();
+    }
+    let insmods: String = BOOT_MODULES
+        .iter()
+        .map(|m| format!("insmod /mods/{m}.ko\n"))
+        .collect();
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n\
+         mkdir -p /proc /sys /dev /lower /rw /merged\n\
+         mount -t proc proc /proc; mount -t devtmpfs dev /dev\n{insmods}\
+         FS=$(sed -n 's/.*hoistfs=\\([a-z0-9]*\\).*/\\1/p' /proc/cmdline)\n\
+         mount -t $FS -o ro /dev/vda /lower || echo HOIST-BOOT-FAIL mount\n\
+         mount -t tmpfs rw /rw; mkdir /rw/u /rw/w\n\
+         mount -t overlay ov -o lowerdir=/lower,upperdir=/rw/u,workdir=/rw/w /merged || echo HOIST-BOOT-FAIL overlay\n\
+         umount /proc\n\
+         exec switch_root /merged /init.sh\n"
+    );
+    std::fs::write(rd.join("init"), init).unwrap();
+    sh(
+        "chmod 0755 init bin/busybox && find . | cpio -o -H newc --quiet > ../initrd.cpio",
+        &rd,
+    );
+    for fmt in ["ext4", "erofs"] {
+        let disk = export(&r, base.path(), fmt, &format!("boot.{fmt}"), true);
+        let out = Command::new("timeout")
+            .args([
+                "300",
+                "qemu-system-x86_64",
+                "-m",
+                "512",
+                "-nographic",
+                "-no-reboot",
+                "-kernel",
+            ])
+            .arg(kernel.as_ref().unwrap())
+            .arg("-initrd")
+            .arg(base.path().join("initrd.cpio"))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                disk.display()
+            ))
+            .args([
+                "-append",
+                &format!("console=ttyS0 rdinit=/init panic=-1 quiet hoistfs={fmt}"),
+            ])
+            .output()
+            .unwrap();
+        let console = String::from_utf8_lossy(&out.stdout);
+        let line = console
+            .lines()
+            .find(|l| l.contains("HOIST-BOOT-OK"))
+            .unwrap_or_else(|| panic!("{fmt}: no boot marker on the console:\n{console}"));
+        assert!(line.contains("uid=0"), "{fmt}: {line}");
+        assert!(line.contains("shadow=0:42:640"), "{fmt}: {line}");
+        assert!(
+            line.contains("null=character special file:1,3"),
+            "{fmt}: {line}"
+        );
+    }
+}
+
+fn walk_find(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = walk_find(&p, name) {
+                return Some(f);
+            }
+        } else if e.file_name().to_string_lossy() == name {
+            return Some(p);
+        }
+    }
+    None
+}
