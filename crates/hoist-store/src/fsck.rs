@@ -65,13 +65,8 @@ pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError>
         }
     }
     let tmp = root.join(".hoist").join("tmp");
-    if let Ok(entries) = std::fs::read_dir(&tmp) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if crate::temp::owner_is_gone(&path) {
-                r.stale_temp_files.push(path);
-            }
-        }
+    if let Ok((stale, _)) = crate::temp::scan(&tmp) {
+        r.stale_temp_files = stale;
     }
     let images = store.images()?;
     let mut bad_images = Vec::new();

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::error::StoreError;
 use crate::index::{self, IndexEntry};
-use crate::temp::{owner_is_gone, TempFile};
+use crate::temp::TempFile;
 use crate::Store;
 
 const MANIFEST_LIMIT: u64 = 16 << 20;
@@ -174,20 +174,16 @@ impl Store {
             .collect();
         let recorded: HashSet<String> = roots.iter().map(|d| d.hex().to_string()).collect();
         let leases = root.join(".hoist").join("leases");
-        for e in std::fs::read_dir(&leases)
-            .map_err(StoreError::io(&leases))?
-            .flatten()
-        {
-            let p = e.path();
-            if owner_is_gone(&p) {
-                r.stale_leases += 1;
-                if !dry_run {
-                    let _ = std::fs::remove_file(&p);
-                }
-                continue;
+        let (dead, live) = crate::temp::scan(&leases).map_err(StoreError::io(&leases))?;
+        r.stale_leases = dead.len();
+        if !dry_run {
+            for p in &dead {
+                let _ = std::fs::remove_file(p);
             }
-            r.live_leases += 1;
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
+        }
+        r.live_leases = live.len();
+        for p in &live {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
             roots.extend(text.lines().filter_map(|l| l.parse::<Digest>().ok()));
         }
         let keep = self.reachable(roots);
@@ -212,18 +208,13 @@ impl Store {
             }
         }
         let tmp = root.join(".hoist").join("tmp");
-        for e in std::fs::read_dir(&tmp)
-            .map_err(StoreError::io(&tmp))?
-            .flatten()
-        {
-            let p = e.path();
-            if owner_is_gone(&p) {
-                r.temp_bytes += file_size(&p);
-                if !dry_run {
-                    let _ = std::fs::remove_file(&p);
-                }
-                r.temp_files.push(p);
+        let (stale, _) = crate::temp::scan(&tmp).map_err(StoreError::io(&tmp))?;
+        for p in stale {
+            r.temp_bytes += file_size(&p);
+            if !dry_run {
+                let _ = std::fs::remove_file(&p);
             }
+            r.temp_files.push(p);
         }
         let trees = root.join(".hoist").join("trees");
         for e in std::fs::read_dir(&trees)

@@ -5,6 +5,12 @@
 //! lock: a PID check cannot, because a service in a container is PID 1
 //! after every restart, and its own leftovers would look alive forever.
 //!
+//! A new temp file exists for a moment before its writer has locked it. So
+//! that no scanner takes that moment for a dead writer, creators hold a
+//! shared `flock` on the parent directory while they create and lock, and
+//! scanners ([`scan`], [`stale_beside`]) hold it exclusively while they
+//! judge. No timing is involved.
+//!
 //! Durability: a file is fsynced before its rename, and its directory
 //! after, so a rename that survived a power loss names complete bytes.
 
@@ -25,9 +31,39 @@ pub(crate) fn rand_tag() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A `flock` on a directory: shared while creating in it, exclusive while
+/// scanning it. Released on drop.
+struct DirGuard(File);
+
+impl DirGuard {
+    fn take(dir: &Path, exclusive: bool) -> io::Result<DirGuard> {
+        let f = File::open(dir)?;
+        if exclusive {
+            f.lock()?;
+        } else {
+            f.lock_shared()?;
+        }
+        Ok(DirGuard(f))
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
 impl TempFile {
     /// Create `path` (which must not exist) and lock it.
     pub fn create(path: PathBuf) -> io::Result<TempFile> {
+        let _creating = DirGuard::take(parent_of(&path), false)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -79,6 +115,7 @@ pub struct DirLock {
 impl DirLock {
     /// Create the directory `path` and lock it.
     pub fn create(path: &Path) -> io::Result<DirLock> {
+        let _creating = DirGuard::take(parent_of(path), false)?;
         std::fs::create_dir(path)?;
         Self::open(path).inspect_err(|_| {
             let _ = std::fs::remove_dir(path);
@@ -109,6 +146,22 @@ pub fn owner_is_gone(path: &Path) -> bool {
         },
         Err(_) => false,
     }
+}
+
+/// The entries of `dir` whose writers are gone (stale) and those still
+/// held (live), judged while no one can be half-way through creating one.
+pub fn scan(dir: &Path) -> io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let _scanning = DirGuard::take(dir, true)?;
+    let (mut stale, mut live) = (Vec::new(), Vec::new());
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        if owner_is_gone(&p) {
+            stale.push(p);
+        } else {
+            live.push(p);
+        }
+    }
+    Ok((stale, live))
 }
 
 /// fsync the directory holding `path`, so a rename into it is durable.
@@ -143,6 +196,9 @@ pub fn stale_beside(target: &Path) -> Vec<PathBuf> {
     let prefix = format!(".{name}.hoist-");
     // A temp beside a temp (an export's unpack): `..NAME.hoist-…`.
     let nested = format!("..{name}.hoist-");
+    let Ok(_scanning) = DirGuard::take(&parent, true) else {
+        return Vec::new();
+    };
     let Ok(entries) = std::fs::read_dir(&parent) else {
         return Vec::new();
     };
@@ -160,6 +216,44 @@ pub fn stale_beside(target: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scanner must never take a temp file that is being created for a
+    /// dead writer's (it used to: between `create_new` and `flock`, GC could
+    /// lock and delete a fresh file, and the writer's rename then failed).
+    #[test]
+    fn a_scan_racing_creators_never_removes_a_live_temp_file() {
+        let d = tempfile::tempdir().unwrap();
+        let tmp = d.path().join("tmp");
+        let out = d.path().join("out");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::create_dir(&out).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for p in scan(&tmp).unwrap().0 {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+            });
+            let writers: Vec<_> = (0..3)
+                .map(|w| {
+                    let (tmp, out) = (&tmp, &out);
+                    s.spawn(move || {
+                        for i in 0..3000 {
+                            let t = TempFile::create(tmp.join(format!("{w}-{i}.partial"))).unwrap();
+                            t.persist(&out.join(format!("{w}-{i}")))
+                                .unwrap_or_else(|e| panic!("writer {w}, file {i}: {e}"));
+                        }
+                    })
+                })
+                .collect();
+            let all_ok = writers.into_iter().all(|w| w.join().is_ok());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(all_ok, "a writer's temp file was taken from under it");
+        });
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 9000);
+    }
 
     #[test]
     fn a_live_writer_is_told_from_a_dead_one() {

@@ -356,8 +356,15 @@ fn gc_racing_concurrent_builds_never_takes_a_blob_an_image_needs() {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let end = Instant::now() + Duration::from_secs(120);
     let mut gcs = 0;
-    while refs.iter().any(|n| s.image(n).1["status"] != "ready") {
-        assert!(Instant::now() < end);
+    loop {
+        let recs: Vec<serde_json::Value> = refs.iter().map(|n| s.image(n).1).collect();
+        for r in &recs {
+            assert_ne!(r["status"], "failed", "a build failed while GC ran: {r}");
+        }
+        if recs.iter().all(|r| r["status"] == "ready") {
+            break;
+        }
+        assert!(Instant::now() < end, "not ready: {recs:?}");
         assert_eq!(s.post("/gc", json!({})).0, 200);
         h.ok(&["gc"]);
         gcs += 1;
