@@ -128,8 +128,7 @@ pub struct Service {
     /// Resolutions (`POST /images`) at once: a storm of POSTs waits here
     /// instead of filling the blocking pool with registry round trips.
     pub resolves: tokio::sync::Semaphore,
-    /// How many builds ran for each digest (the benchmark reads this from
-    /// the pulls metric; this is for the log).
+    /// When the service started, for the shutdown log.
     started: Instant,
 }
 

@@ -406,50 +406,52 @@ fn ext4_is_deterministic_and_a_too_small_size_is_a_clear_error() {
         .any(|l| l == "etc/shadow"));
 }
 
-/// Boot the cpio export under QEMU with Debian's kernel, the image's
-/// entrypoint as init, and read its serial console.
-#[test]
-fn cpio_export_boots_under_qemu_with_the_entrypoint_as_init() {
-    // $HOIST_TEST_KERNEL, else the kernel scripts/test.sh extracts from
-    // Debian's linux-image package, else the host's /boot.
-    let newest = |dir: PathBuf| {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("vmlinuz-")
-            })
-            .collect();
-        v.sort();
-        v.pop()
-    };
-    let kernel = std::env::var_os("HOIST_TEST_KERNEL")
-        .map(PathBuf::from)
-        .or_else(|| {
-            newest(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-kernel/boot"))
+/// The newest `vmlinuz-*` in `dir`.
+fn newest_vmlinuz(dir: &Path) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
         })
-        .or_else(|| newest(PathBuf::from("/boot")));
+        .collect();
+    v.sort();
+    v.pop()
+}
+
+/// Where scripts/test.sh puts the kernel and modules of Debian's
+/// linux-image package.
+fn test_kernel_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-kernel")
+}
+
+/// `kernel` if it, QEMU, busybox-static and root are all there; else
+/// `None` after saying SKIPPED (`why`), which fails under CI: CI installs
+/// all of it, so a skip there would hide a broken setup.
+fn ready_to_boot(kernel: Option<PathBuf>, why: &str) -> Option<PathBuf> {
     let qemu = Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
         .is_ok();
     let busybox = Path::new("/bin/busybox").exists();
-    if kernel.is_none() || !qemu || !busybox || !is_root() {
-        let why = format!(
-            "boot smoke test needs a kernel (linux-image-amd64, fetched by scripts/test.sh), qemu-system-x86_64, busybox-static and root; have kernel={kernel:?} qemu={qemu} busybox={busybox} root={}",
-            is_root()
-        );
-        // CI installs all of it: there a skip would hide a broken setup.
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("SKIPPED: {why}");
-        return;
+    if kernel.is_some() && qemu && busybox && is_root() {
+        return kernel;
     }
-    let base = base_dir();
-    let (r, _) = image(base.path());
-    let img = export(&r, base.path(), "cpio", "boot.cpio", true);
+    let why = format!(
+        "{why}; have kernel={kernel:?} qemu={qemu} busybox={busybox} root={}",
+        is_root()
+    );
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+/// Boot `kernel` with `initrd` under QEMU (512 MiB, no reboot, five
+/// minutes at most) and return what the serial console said.
+fn qemu_console(kernel: &Path, initrd: &Path, extra: &[String], append: &str) -> String {
     let out = Command::new("timeout")
         .args([
             "300",
@@ -460,20 +462,56 @@ fn cpio_export_boots_under_qemu_with_the_entrypoint_as_init() {
             "-no-reboot",
             "-kernel",
         ])
-        .arg(kernel.unwrap())
+        .arg(kernel)
         .arg("-initrd")
-        .arg(&img)
-        .args(["-append", "console=ttyS0 rdinit=/init.sh panic=-1 quiet"])
+        .arg(initrd)
+        .args(extra)
+        .args(["-append", append])
         .output()
         .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The image's own `/init.sh` ran and saw what the tar headers say.
+fn assert_booted(console: &str, what: &str) {
     let line = console
         .lines()
         .find(|l| l.contains("HOIST-BOOT-OK"))
-        .unwrap_or_else(|| panic!("no boot marker on the console:\n{console}"));
-    assert!(line.contains("uid=0"), "{line}");
-    assert!(line.contains("shadow=0:42:640"), "{line}");
-    assert!(line.contains("null=character special file:1,3"), "{line}");
+        .unwrap_or_else(|| panic!("{what}: no boot marker on the console:\n{console}"));
+    assert!(line.contains("uid=0"), "{what}: {line}");
+    assert!(line.contains("shadow=0:42:640"), "{what}: {line}");
+    assert!(
+        line.contains("null=character special file:1,3"),
+        "{what}: {line}"
+    );
+}
+
+/// Boot the cpio export under QEMU with Debian's kernel, the image's
+/// entrypoint as init, and read its serial console.
+#[test]
+fn cpio_export_boots_under_qemu_with_the_entrypoint_as_init() {
+    // $HOIST_TEST_KERNEL, else the kernel scripts/test.sh extracts from
+    // Debian's linux-image package, else the host's /boot.
+    let kernel = std::env::var_os("HOIST_TEST_KERNEL")
+        .map(PathBuf::from)
+        .or_else(|| newest_vmlinuz(&test_kernel_dir().join("boot")))
+        .or_else(|| newest_vmlinuz(Path::new("/boot")));
+    let Some(kernel) = ready_to_boot(
+        kernel,
+        "boot smoke test needs a kernel (linux-image-amd64, fetched by scripts/test.sh), qemu-system-x86_64, busybox-static and root",
+    ) else {
+        return;
+    };
+    let base = base_dir();
+    let (r, _) = image(base.path());
+    let img = export(&r, base.path(), "cpio", "boot.cpio", true);
+    let console = qemu_console(
+        &kernel,
+        &img,
+        &[],
+        "console=ttyS0 rdinit=/init.sh panic=-1 quiet",
+    );
+    assert_booted(&console, "cpio");
 }
 
 /// The modules a virtio disk with ext4 or erofs under an overlay needs, in
@@ -501,34 +539,20 @@ const BOOT_MODULES: &[&str] = &[
 /// image's own `/init.sh`, whose output is read on the serial console.
 #[test]
 fn ext4_and_erofs_disks_boot_under_qemu_as_the_lower_layer_of_an_overlay() {
-    let kdir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-kernel");
-    let kernel = std::fs::read_dir(kdir.join("boot")).ok().and_then(|d| {
-        d.flatten().map(|e| e.path()).find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("vmlinuz-")
-        })
-    });
+    // Only the kernel the modules came from will load them.
+    let kdir = test_kernel_dir();
     let modules = std::fs::read_dir(kdir.join("lib/modules"))
         .ok()
         .and_then(|mut d| d.next())
         .and_then(|e| e.ok())
         .map(|e| e.path());
-    let ok = kernel.is_some()
-        && modules.is_some()
-        && Path::new("/bin/busybox").exists()
-        && Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .output()
-            .is_ok()
-        && is_root();
-    if !ok {
-        let why = "the disk boot test needs the kernel and modules scripts/test.sh extracts, qemu, busybox-static and root";
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("SKIPPED: {why}");
+    let kernel = newest_vmlinuz(&kdir.join("boot")).filter(|_| modules.is_some());
+    let Some(kernel) = ready_to_boot(
+        kernel,
+        "the disk boot test needs the kernel and modules scripts/test.sh extracts, qemu-system-x86_64, busybox-static and root",
+    ) else {
         return;
-    }
+    };
     let modules = modules.unwrap();
     let base = base_dir();
     let (r, _) = image(base.path());
@@ -563,41 +587,14 @@ fn ext4_and_erofs_disks_boot_under_qemu_as_the_lower_layer_of_an_overlay() {
     );
     for fmt in ["ext4", "erofs"] {
         let disk = export(&r, base.path(), fmt, &format!("boot.{fmt}"), true);
-        let out = Command::new("timeout")
-            .args([
-                "300",
-                "qemu-system-x86_64",
-                "-m",
-                "512",
-                "-nographic",
-                "-no-reboot",
-                "-kernel",
-            ])
-            .arg(kernel.as_ref().unwrap())
-            .arg("-initrd")
-            .arg(base.path().join("initrd.cpio"))
-            .arg("-drive")
-            .arg(format!(
-                "file={},format=raw,if=virtio,readonly=on",
-                disk.display()
-            ))
-            .args([
-                "-append",
-                &format!("console=ttyS0 rdinit=/init panic=-1 quiet hoistfs={fmt}"),
-            ])
-            .output()
-            .unwrap();
-        let console = String::from_utf8_lossy(&out.stdout);
-        let line = console
-            .lines()
-            .find(|l| l.contains("HOIST-BOOT-OK"))
-            .unwrap_or_else(|| panic!("{fmt}: no boot marker on the console:\n{console}"));
-        assert!(line.contains("uid=0"), "{fmt}: {line}");
-        assert!(line.contains("shadow=0:42:640"), "{fmt}: {line}");
-        assert!(
-            line.contains("null=character special file:1,3"),
-            "{fmt}: {line}"
+        let drive = format!("file={},format=raw,if=virtio,readonly=on", disk.display());
+        let console = qemu_console(
+            &kernel,
+            &base.path().join("initrd.cpio"),
+            &["-drive".to_string(), drive],
+            &format!("console=ttyS0 rdinit=/init panic=-1 quiet hoistfs={fmt}"),
         );
+        assert_booted(&console, fmt);
     }
 }
 
