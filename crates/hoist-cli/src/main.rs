@@ -138,8 +138,8 @@ enum Command {
         #[arg(long)]
         verify_blobs: bool,
     },
-    /// Pull as needed, then write a bootable disk image (ext4 straight from
-    /// the layers; erofs and cpio through a temporary unpack).
+    /// Pull as needed, then write a bootable disk image (ext4, erofs or
+    /// cpio, each written straight from the layers).
     Export {
         image: String,
         /// The image file to write (atomically).
@@ -153,6 +153,9 @@ enum Command {
         /// gzip the cpio archive.
         #[arg(long)]
         gzip: bool,
+        /// Compress erofs file data (as `mkfs.erofs -zlz4`; Linux 5.13+ mounts it).
+        #[arg(long, value_enum, value_name = "ALGO")]
+        compress: Option<CompressArg>,
     },
     /// List the images in the cache.
     Images,
@@ -194,6 +197,9 @@ struct ServeArgs {
     /// Disk format of every build.
     #[arg(long, value_enum, default_value = "ext4")]
     format: FormatArg,
+    /// Compress erofs file data (with --format erofs).
+    #[arg(long, value_enum, value_name = "ALGO")]
+    compress: Option<CompressArg>,
     /// File holding the bearer token every endpoint but /healthz requires
     /// (or set HOIST_TOKEN).
     #[arg(long, value_name = "FILE")]
@@ -215,6 +221,9 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
+    if a.compress.is_some() && !matches!(a.format, FormatArg::Erofs) {
+        bail!(Usage("--compress applies to --format erofs".into()));
+    }
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
     let mut opts = options(g)?;
     opts.cache_dir = data_dir.join("cache");
@@ -239,7 +248,9 @@ fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
             max_concurrent_builds: a.max_concurrent_builds,
             format: match a.format {
                 FormatArg::Ext4 => hoist::Format::Ext4,
-                FormatArg::Erofs => hoist::Format::Erofs,
+                FormatArg::Erofs => hoist::Format::Erofs {
+                    lz4: a.compress.is_some(),
+                },
                 FormatArg::Cpio => hoist::Format::Cpio { gzip: false },
             },
             token,
@@ -251,6 +262,11 @@ fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
         hoist_serve::ServeError::NoToken(_) => anyhow::Error::new(Usage(e.to_string())),
         e => anyhow::Error::new(e),
     })
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompressArg {
+    Lz4,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -414,9 +430,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             format,
             size,
             gzip,
+            compress,
         } => {
             if *gzip && !matches!(format, FormatArg::Cpio) {
                 bail!(Usage("--gzip applies to --format cpio".into()));
+            }
+            if compress.is_some() && !matches!(format, FormatArg::Erofs) {
+                bail!(Usage("--compress applies to --format erofs".into()));
             }
             if size.is_some() && !matches!(format, FormatArg::Ext4) {
                 bail!(Usage("--size applies to --format ext4".into()));
@@ -424,7 +444,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = hoist::ExportOptions {
                 format: match format {
                     FormatArg::Ext4 => hoist::Format::Ext4,
-                    FormatArg::Erofs => hoist::Format::Erofs,
+                    FormatArg::Erofs => hoist::Format::Erofs {
+                        lz4: compress.is_some(),
+                    },
                     FormatArg::Cpio => hoist::Format::Cpio { gzip: *gzip },
                 },
                 size: *size,

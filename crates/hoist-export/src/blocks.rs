@@ -108,6 +108,19 @@ impl BlockArea {
         Ok(Run { start, len })
     }
 
+    /// Write `data` at block `at` after `pad` zeros, padded to a whole
+    /// block.
+    pub fn put_at(&mut self, at: u64, pad: usize, data: &[u8]) -> io::Result<()> {
+        self.seek(at)?;
+        self.buf.resize(self.buf.len() + pad, 0);
+        self.buf.extend_from_slice(data);
+        self.pad();
+        if self.buf.len() >= FLUSH_AT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Copy exactly `size` bytes of `r` into the run at `start`, allocated
     /// when the area ended at `fresh` (blocks from there on were never
     /// written, so runs of zeros in them are left as holes).

@@ -16,13 +16,18 @@ mod tree;
 
 pub use blocks::{BlockArea, BLOCK};
 pub use cpio::{CpioBuilder, CpioStats};
-pub use erofs_builder::{Content as ErofsContent, ErofsBuilder, ErofsStats};
+pub use erofs_builder::{Content as ErofsContent, ErofsBuilder, ErofsOptions, ErofsStats};
 pub use error::ExportError;
 pub use ext4::{Ext4Builder, Ext4Options, Ext4Stats, Run};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Ext4,
-    Erofs,
-    Cpio { gzip: bool },
+    /// `lz4`: compressed file data (Linux 5.13+).
+    Erofs {
+        lz4: bool,
+    },
+    Cpio {
+        gzip: bool,
+    },
 }

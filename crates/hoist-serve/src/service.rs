@@ -135,7 +135,7 @@ pub struct Service {
 fn format_name(f: Format) -> &'static str {
     match f {
         Format::Ext4 => "ext4",
-        Format::Erofs => "erofs",
+        Format::Erofs { .. } => "erofs",
         Format::Cpio { gzip: false } => "cpio",
         Format::Cpio { gzip: true } => "cpio.gz",
     }

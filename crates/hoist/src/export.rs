@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hoist_export::{CpioBuilder, ErofsBuilder, Ext4Builder, Ext4Options, Format};
+use hoist_export::{CpioBuilder, ErofsBuilder, ErofsOptions, Ext4Builder, Ext4Options, Format};
 use hoist_spec::{Digest, ImageConfig, ImageMetadata, Platform};
 use hoist_store::temp::TempFile;
 use hoist_unpack::{Body, ContentSink, Guard, MergedTree};
@@ -135,7 +135,7 @@ impl Client {
         let made = match opts.format {
             Format::Ext4 => self.export_ext4(src, &tmp, opts, op)?,
             Format::Cpio { gzip } => self.export_cpio(src, out, &tmp, gzip, op)?,
-            Format::Erofs => self.export_erofs(src, &tmp, op)?,
+            Format::Erofs { lz4 } => self.export_erofs(src, &tmp, lz4, op)?,
         };
         temp.persist(out).map_err(|e| self.io_err(out, e))?;
         let size = std::fs::metadata(out)
@@ -147,7 +147,8 @@ impl Client {
             platform: made.platform,
             format: match opts.format {
                 Format::Ext4 => "ext4",
-                Format::Erofs => "erofs",
+                Format::Erofs { lz4: false } => "erofs",
+                Format::Erofs { lz4: true } => "erofs+lz4",
                 Format::Cpio { gzip: false } => "cpio",
                 Format::Cpio { gzip: true } => "cpio+gzip",
             },
@@ -243,12 +244,21 @@ impl Client {
         Ok(made(pulled, config, stats.data_bytes))
     }
 
-    fn export_erofs(&self, src: &ImageSource, tmp: &Path, op: &Op) -> Result<Made, Error> {
+    fn export_erofs(
+        &self,
+        src: &ImageSource,
+        tmp: &Path,
+        lz4: bool,
+        op: &Op,
+    ) -> Result<Made, Error> {
         let exp = export_err(src);
         let (pulled, config, tree, builder) = self.merge_into(
             src,
             op,
-            || ErofsBuilder::create(tmp, Some(op.cancel.clone())).map_err(exp),
+            || {
+                ErofsBuilder::create(tmp, ErofsOptions { lz4 }, Some(op.cancel.clone()))
+                    .map_err(exp)
+            },
             |_, e| e,
         )?;
         op.emit(Event::Exporting { format: "erofs" });

@@ -5,7 +5,9 @@
 //! compact (32-byte) or extended (64-byte) inodes as each inode's values
 //! need, inline xattrs, and file, symlink and directory tails inline after
 //! their inode (`FLAT_INLINE`) where they fit, else in a block of their own
-//! (`FLAT_PLAIN`). Uncompressed.
+//! (`FLAT_PLAIN`). Sparse files are written chunk-based with their holes
+//! unmapped, and `--compress lz4` compresses file data in 64 KiB big
+//! pclusters (both in [`data`]).
 //!
 //! Layout: block 0 holds the superblock; file data follows in arrival
 //! order (a [`BlockArea`]: replaced files give their blocks back), then
@@ -29,8 +31,14 @@ use crate::tree::type_bits;
 const MAGIC: u32 = 0xE0F5_E1E2;
 const SB_OFFSET: usize = 1024;
 const FEATURE_COMPAT_SB_CHKSUM: u32 = 1;
+const FEATURE_INCOMPAT_ZERO_PADDING: u32 = 1;
+/// Also `BIG_PCLUSTER`: one bit for both.
+const FEATURE_INCOMPAT_COMPR_CFGS: u32 = 2;
+const FEATURE_INCOMPAT_CHUNKED_FILE: u32 = 4;
 const FLAT_PLAIN: u16 = 0;
+const COMPRESSED_FULL: u16 = 1;
 const FLAT_INLINE: u16 = 2;
+const CHUNK_BASED: u16 = 4;
 /// A tail up to this long goes inline; the rest of its block is left for
 /// the inode and its xattrs (larger xattrs move the tail to a block).
 const INLINE_MAX: u64 = BLOCK - 64 - 512;
@@ -43,12 +51,23 @@ pub struct Content {
     run: Run,
     /// (offset in the spool, length) of an inline tail.
     tail: Option<(u64, u32)>,
+    /// The file's chunk map in the builder, when not one plain run.
+    map: Option<u32>,
+}
+
+/// How an erofs image is written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErofsOptions {
+    /// Compress file data with lz4 (Linux 5.13+ reads it: big pclusters).
+    pub lz4: bool,
 }
 
 pub struct ErofsBuilder {
     area: BlockArea,
     spool: File,
     spool_len: u64,
+    maps: Vec<data::FileMap>,
+    opts: ErofsOptions,
     path: PathBuf,
     done: bool,
 }
@@ -66,6 +85,9 @@ pub struct ErofsStats {
     pub inodes: u64,
     pub blocks: u64,
     pub compact_inodes: u64,
+    /// Files written lz4-compressed, and chunk-based with holes.
+    pub compressed_files: u64,
+    pub sparse_files: u64,
 }
 
 fn werr(e: io::Error) -> ExportError {
@@ -158,6 +180,8 @@ struct Rec {
     blkaddr: u32,
     /// Data blocks of a file in the area (0 for the rest).
     blocks: u64,
+    /// A chunk-based or compressed file's map.
+    map: Option<u32>,
     nid: u64,
 }
 
@@ -219,6 +243,7 @@ impl ErofsBuilder {
     /// an unnamed temp file beside it.
     pub fn create(
         out: &Path,
+        opts: ErofsOptions,
         cancel: Option<hoist_spec::Cancel>,
     ) -> Result<ErofsBuilder, ExportError> {
         // Read back too: files move within the image (compaction, tails
@@ -240,6 +265,8 @@ impl ErofsBuilder {
             area: BlockArea::new(file, 1, cancel),
             spool,
             spool_len: 0,
+            maps: Vec::new(),
+            opts,
             path: out.to_path_buf(),
             done: false,
         })
@@ -314,15 +341,22 @@ impl ErofsBuilder {
             };
             let xattrs = xattr_body(&shown, &n.xattrs)?;
             let mut blocks = 0;
+            let mut map = None;
             let (size, layout, inline, blkaddr, nlink) = match &n.body {
                 Body::File { size, content } => {
                     let c = content.unwrap_or(Content {
                         run: Run { start: 0, len: 0 },
                         tail: None,
+                        map: None,
                     });
-                    let (layout, inline) = match c.tail {
-                        Some((off, len)) => (FLAT_INLINE, InlineSrc::Spool(off, len)),
-                        None => (FLAT_PLAIN, InlineSrc::None),
+                    map = c.map;
+                    let (layout, inline) = match (c.tail, c.map) {
+                        (_, Some(m)) if self.maps[m as usize].lz4 => {
+                            (COMPRESSED_FULL, InlineSrc::None)
+                        }
+                        (_, Some(_)) => (CHUNK_BASED, InlineSrc::None),
+                        (Some((off, len)), None) => (FLAT_INLINE, InlineSrc::Spool(off, len)),
+                        (None, None) => (FLAT_PLAIN, InlineSrc::None),
                     };
                     blocks = c.run.len;
                     (*size, layout, inline, c.run.start as u32, n.links)
@@ -369,6 +403,7 @@ impl ErofsBuilder {
                 inline,
                 blkaddr,
                 blocks,
+                map,
                 nid: 0,
             });
         }
@@ -377,7 +412,10 @@ impl ErofsBuilder {
         // the whole file moves).
         for r in recs.iter_mut() {
             let inode_len = if r.extended { 64 } else { 32 };
-            if r.inline.len() > 0 && inode_len + r.xattrs.len() + r.inline.len() > BLOCK as usize {
+            if r.layout == FLAT_INLINE
+                && r.inline.len() > 0
+                && inode_len + r.xattrs.len() + r.inline.len() > BLOCK as usize
+            {
                 let mut data = Vec::with_capacity(r.size as usize);
                 match &r.inline {
                     InlineSrc::Bytes(b) => data.extend_from_slice(b),
@@ -404,6 +442,14 @@ impl ErofsBuilder {
             }
         }
         self.compact(&mut recs)?;
+        // Chunk maps and lcluster indexes, now that files stay put.
+        for r in recs.iter_mut() {
+            if let Some(m) = r.map {
+                let head = (if r.extended { 64 } else { 32 }) + r.xattrs.len();
+                let idx = self.maps[m as usize].index(head, u64::from(r.blkaddr), r.size);
+                r.inline = InlineSrc::Bytes(idx);
+            }
+        }
         // Nids: the metadata area in order, no record across a block.
         let mut off: u64 = 0;
         let mut dir_tail_inline: HashMap<NodeId, bool> = HashMap::new();
@@ -471,6 +517,22 @@ impl ErofsBuilder {
         s[36..40].copy_from_slice(&(total as u32).to_le_bytes());
         s[40..44].copy_from_slice(&(meta_blkaddr as u32).to_le_bytes());
         s[48..64].copy_from_slice(&uuid);
+        let lz4 = recs.iter().any(|r| r.layout == COMPRESSED_FULL);
+        let chunked = recs.iter().any(|r| r.layout == CHUNK_BASED);
+        let mut incompat = 0;
+        if lz4 {
+            incompat |= FEATURE_INCOMPAT_ZERO_PADDING | FEATURE_INCOMPAT_COMPR_CFGS;
+            // available_compr_algs: lz4; its config record follows the
+            // 128-byte superblock: size, max distance, max pcluster blocks.
+            s[84..86].copy_from_slice(&1u16.to_le_bytes());
+            s[128..130].copy_from_slice(&14u16.to_le_bytes());
+            s[130..132].copy_from_slice(&u16::MAX.to_le_bytes());
+            s[132..134].copy_from_slice(&data::LZ4_MAX_PCLUSTER_BLOCKS.to_le_bytes());
+        }
+        if chunked {
+            incompat |= FEATURE_INCOMPAT_CHUNKED_FILE;
+        }
+        s[80..84].copy_from_slice(&incompat.to_le_bytes());
         let crc = crc32c(&sb[SB_OFFSET..]);
         sb[SB_OFFSET + 4..SB_OFFSET + 8].copy_from_slice(&crc.to_le_bytes());
         let f = &self.area.file;
@@ -481,6 +543,8 @@ impl ErofsBuilder {
             inodes: recs.len() as u64,
             blocks: total,
             compact_inodes: recs.iter().filter(|r| !r.extended).count() as u64,
+            compressed_files: recs.iter().filter(|r| r.layout == COMPRESSED_FULL).count() as u64,
+            sparse_files: recs.iter().filter(|r| r.layout == CHUNK_BASED).count() as u64,
         })
     }
 
@@ -564,10 +628,12 @@ impl ErofsBuilder {
             } else {
                 1 + ((r.xattrs.len() - 12) / 4) as u16
             };
-            let iu: u32 = match m.kind {
-                EntryType::Char | EntryType::Block => {
+            let iu: u32 = match (m.kind, r.layout) {
+                (EntryType::Char | EntryType::Block, _) => {
                     (m.minor & 0xff) | (m.major << 8) | ((m.minor & !0xff) << 12)
                 }
+                (_, CHUNK_BASED) => u32::from(data::CHUNK_BITS),
+                (_, COMPRESSED_FULL) => r.blocks as u32,
                 _ => r.blkaddr,
             };
             let ino = i as u32 + 1;
@@ -624,6 +690,70 @@ impl ContentSink for ErofsBuilder {
     type Handle = Content;
 
     fn store(&mut self, size: u64, r: &mut dyn Read) -> io::Result<Content> {
+        if self.opts.lz4 && size > BLOCK && size <= data::CHUNK {
+            let mut all = vec![0u8; size as usize];
+            r.read_exact(&mut all)?;
+            if let Some(c) = self.store_small_lz4(&all)? {
+                return Ok(c);
+            }
+            return self.store_flat(size, &mut &all[..]);
+        }
+        if size >= data::HOLE_MIN || (self.opts.lz4 && size > data::CHUNK) {
+            return Ok(match data::store(&mut self.area, size, r, self.opts.lz4)? {
+                data::Stored::Flat(run) => Content {
+                    run,
+                    tail: None,
+                    map: None,
+                },
+                data::Stored::Mapped(run, m) => {
+                    self.maps.push(m);
+                    Content {
+                        run,
+                        tail: None,
+                        map: Some(self.maps.len() as u32 - 1),
+                    }
+                }
+            });
+        }
+        self.store_flat(size, r)
+    }
+
+    fn release(&mut self, h: Content) {
+        self.area.release(h.run);
+    }
+}
+
+impl ErofsBuilder {
+    /// A file of one chunk or less, compressed if that saves a block over
+    /// the plain layout with its tail inline.
+    fn store_small_lz4(&mut self, all: &[u8]) -> io::Result<Option<Content>> {
+        let size = all.len() as u64;
+        let c = lz4_flex::block::compress(all);
+        let blocks = (c.len() as u64).div_ceil(BLOCK);
+        let tail = size % BLOCK;
+        let plain = size / BLOCK + u64::from(tail > INLINE_MAX);
+        if blocks >= plain {
+            return Ok(None);
+        }
+        let start = self.area.alloc(blocks);
+        self.area
+            .put_at(start, (blocks * BLOCK) as usize - c.len(), &c)?;
+        self.maps.push(data::FileMap {
+            pieces: vec![data::Piece::Lz4 {
+                at: 0,
+                blocks: blocks as u32,
+            }],
+            lz4: true,
+        });
+        Ok(Some(Content {
+            run: Run { start, len: blocks },
+            tail: None,
+            map: Some(self.maps.len() as u32 - 1),
+        }))
+    }
+
+    /// A plain run, its tail spooled for inlining when short enough.
+    fn store_flat(&mut self, size: u64, r: &mut dyn Read) -> io::Result<Content> {
         let tail_len = size % BLOCK;
         let inline = tail_len > 0 && tail_len <= INLINE_MAX;
         let blocks = size / BLOCK + u64::from(tail_len > 0 && !inline);
@@ -646,13 +776,16 @@ impl ContentSink for ErofsBuilder {
         } else {
             None
         };
-        Ok(Content { run, tail })
-    }
-
-    fn release(&mut self, h: Content) {
-        self.area.release(h.run);
+        Ok(Content {
+            run,
+            tail,
+            map: None,
+        })
     }
 }
 
+mod data;
+#[cfg(test)]
+mod lz4_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,293 @@
+//! File data that is not one plain run: sparse files (chunk-based, holes
+//! as `EROFS_NULL_ADDR`) and lz4-compressed files (legacy full lcluster
+//! indexes over big pclusters).
+//!
+//! Why fixed-input big pclusters and not mkfs.erofs's fixed-output 4 KiB
+//! ones: the latter need "compress as much as fits in one block"
+//! (`LZ4_compress_destSize`), which `lz4_flex` does not offer. A 64 KiB
+//! chunk compressed whole into as many blocks as it needs is what the big
+//! pcluster feature (Linux 5.13+) is for, and lz4 over 64 KiB compresses
+//! better than over the few KiB that fit one block.
+//!
+//! Every file is read in 64 KiB chunks. A chunk that lz4 shrinks by at
+//! least a block becomes a compressed pcluster (its data at the end of its
+//! blocks, zeros before: the `ZERO_PADDING` feature), any other chunk
+//! stays plain. An all-zero chunk of a file of 1 MiB or more is a hole
+//! candidate: with 16 or more of them the file is written chunk-based with
+//! those chunks unmapped (Linux 5.15+), with fewer they are written like
+//! any other chunk, so that ordinary files keep the layouts every kernel
+//! reads.
+
+use std::io::{self, Read};
+
+use crate::blocks::{BlockArea, Run, BLOCK};
+
+pub(super) const CHUNK: u64 = 64 << 10;
+const CHUNK_BLOCKS: u64 = CHUNK / BLOCK;
+/// `chunksize = blocksize << CHUNK_BITS`.
+pub(super) const CHUNK_BITS: u16 = 4;
+/// Files from this size on are looked at for holes.
+pub(super) const HOLE_MIN: u64 = 1 << 20;
+/// All-zero chunks a file needs to be written with holes.
+const HOLES_MIN: usize = 16;
+const NULL_ADDR: u32 = u32::MAX;
+/// The first non-head lcluster of a big pcluster holds its block count.
+const D0_CBLKCNT: u16 = 1 << 11;
+const ADVISE_BIG_PCLUSTER_1: u16 = 2;
+pub(super) const LZ4_MAX_PCLUSTER_BLOCKS: u16 = CHUNK_BLOCKS as u16;
+
+/// One 64 KiB chunk of a file: its block relative to the file's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Piece {
+    Hole,
+    Plain(u32),
+    Lz4 { at: u32, blocks: u32 },
+}
+
+/// How a file's chunks are laid out, when not as one plain run.
+#[derive(Debug, Clone)]
+pub(super) struct FileMap {
+    pub(super) pieces: Vec<Piece>,
+    /// Compressed (lz4 pieces, no holes) rather than chunk-based.
+    pub(super) lz4: bool,
+}
+
+fn chunk_len(size: u64, i: usize) -> usize {
+    (size - i as u64 * CHUNK).min(CHUNK) as usize
+}
+
+/// What `store` made of a file.
+pub(super) enum Stored {
+    /// One plain run holding the whole file, in order.
+    Flat(Run),
+    Mapped(Run, FileMap),
+}
+
+/// Stream `size` bytes (at least one chunk's worth, or a whole small file
+/// under lz4) into `area` as pieces.
+pub(super) fn store(
+    area: &mut BlockArea,
+    size: u64,
+    r: &mut dyn Read,
+    lz4: bool,
+) -> io::Result<Stored> {
+    let n = size.div_ceil(BLOCK);
+    let start = area.alloc(n);
+    let run = Run { start, len: n };
+    let chunks = size.div_ceil(CHUNK) as usize;
+    let mut pieces = Vec::with_capacity(chunks);
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK as usize)];
+    // Pieces are packed in order; holes take no room (yet).
+    let mut used: u64 = 0;
+    let mut zeros = 0;
+    for i in 0..chunks {
+        let len = chunk_len(size, i);
+        r.read_exact(&mut buf[..len])?;
+        if size >= HOLE_MIN && buf[..len].iter().all(|&b| b == 0) {
+            zeros += 1;
+            pieces.push(Piece::Hole);
+            continue;
+        }
+        let p = put_chunk(area, start, &mut used, &buf[..len], &mut out, lz4)?;
+        pieces.push(p);
+    }
+    let blocks_of = |i: usize| (chunk_len(size, i) as u64).div_ceil(BLOCK);
+    if zeros >= HOLES_MIN {
+        // Chunk-based: every other chunk uncompressed, packed.
+        if lz4 {
+            let mut to = Vec::with_capacity(chunks);
+            let mut at = 0;
+            for (i, p) in pieces.iter().enumerate() {
+                to.push(at);
+                if *p != Piece::Hole {
+                    at += blocks_of(i);
+                }
+            }
+            relocate(area, run, size, &mut pieces, &to)?;
+            used = at;
+        }
+        area.release(Run {
+            start: start + used,
+            len: n - used,
+        });
+        let run = Run { start, len: used };
+        return Ok(Stored::Mapped(run, FileMap { pieces, lz4: false }));
+    }
+    if zeros > 0 && !lz4 {
+        // Too few zeros for holes: every chunk at its natural place, zeros
+        // written (the blocks may hold what a chunk left there).
+        let to: Vec<u64> = (0..chunks).map(|i| i as u64 * CHUNK_BLOCKS).collect();
+        relocate(area, run, size, &mut pieces, &to)?;
+        for i in 0..chunks {
+            if pieces[i] == Piece::Hole {
+                buf.fill(0);
+                area.put_at(start + to[i], 0, &buf[..chunk_len(size, i)])?;
+                pieces[i] = Piece::Plain(to[i] as u32);
+            }
+        }
+        used = n;
+    }
+    for i in 0..chunks {
+        if pieces[i] == Piece::Hole {
+            // lz4, a few zero chunks: after the rest, like the rest.
+            buf.fill(0);
+            pieces[i] = put_chunk(
+                area,
+                start,
+                &mut used,
+                &buf[..chunk_len(size, i)],
+                &mut out,
+                true,
+            )?;
+        }
+    }
+    area.release(Run {
+        start: start + used,
+        len: n - used,
+    });
+    let run = Run { start, len: used };
+    let natural = |(i, p): (usize, &Piece)| *p == Piece::Plain((i as u64 * CHUNK_BLOCKS) as u32);
+    if pieces.iter().enumerate().all(natural) {
+        // Plain chunks in order: one run.
+        return Ok(Stored::Flat(run));
+    }
+    Ok(Stored::Mapped(run, FileMap { pieces, lz4: true }))
+}
+
+/// One chunk at `start + used`: compressed when that saves a block.
+fn put_chunk(
+    area: &mut BlockArea,
+    start: u64,
+    used: &mut u64,
+    data: &[u8],
+    out: &mut [u8],
+    lz4: bool,
+) -> io::Result<Piece> {
+    let plain = (data.len() as u64).div_ceil(BLOCK);
+    let at = *used as u32;
+    if lz4 {
+        let c = lz4_flex::block::compress_into(data, out).map_err(io::Error::other)?;
+        let blocks = (c as u64).div_ceil(BLOCK);
+        if blocks < plain {
+            let pad = (blocks * BLOCK) as usize - c;
+            area.put_at(start + *used, pad, &out[..c])?;
+            *used += blocks;
+            return Ok(Piece::Lz4 {
+                at,
+                blocks: blocks as u32,
+            });
+        }
+    }
+    area.put_at(start + *used, 0, data)?;
+    *used += plain;
+    Ok(Piece::Plain(at))
+}
+
+/// Move every piece that is not a hole to block `to[i]` of the run,
+/// uncompressed. Last chunk first: a piece's packed place is never after
+/// its new one, and the pieces not yet moved lie below every block
+/// written.
+fn relocate(
+    area: &mut BlockArea,
+    run: Run,
+    size: u64,
+    pieces: &mut [Piece],
+    to: &[u64],
+) -> io::Result<()> {
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; CHUNK as usize];
+    for (i, p) in pieces.iter_mut().enumerate().rev() {
+        let len = chunk_len(size, i);
+        match *p {
+            Piece::Hole => continue,
+            Piece::Plain(from) => {
+                if u64::from(from) == to[i] {
+                    continue;
+                }
+                raw.clear();
+                area.read_run(run.start + u64::from(from), len as u64, &mut raw)?;
+                chunk[..len].copy_from_slice(&raw);
+            }
+            Piece::Lz4 { at: from, blocks } => {
+                raw.clear();
+                area.read_run(
+                    run.start + u64::from(from),
+                    u64::from(blocks) * BLOCK,
+                    &mut raw,
+                )?;
+                let skip = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
+                let got = lz4_flex::block::decompress_into(&raw[skip..], &mut chunk[..len])
+                    .map_err(io::Error::other)?;
+                if got != len {
+                    return Err(io::Error::other("lz4 chunk read back short"));
+                }
+            }
+        }
+        area.put_at(run.start + to[i], 0, &chunk[..len])?;
+        *p = Piece::Plain(to[i] as u32);
+    }
+    Ok(())
+}
+
+impl FileMap {
+    /// The bytes after an inode whose inode and xattrs take `head` bytes:
+    /// alignment, then the block map (chunk-based) or the map header, its
+    /// legacy padding and one lcluster index per 4 KiB (lz4). `base` is the
+    /// file's first block.
+    pub(super) fn index(&self, head: usize, base: u64, size: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        if !self.lz4 {
+            b.resize(head.next_multiple_of(4) - head, 0);
+            for p in &self.pieces {
+                let a = match p {
+                    Piece::Hole => NULL_ADDR,
+                    Piece::Plain(at) => (base + u64::from(*at)) as u32,
+                    Piece::Lz4 { .. } => unreachable!("chunk-based maps are uncompressed"),
+                };
+                b.extend_from_slice(&a.to_le_bytes());
+            }
+            return b;
+        }
+        b.resize(head.next_multiple_of(8) - head, 0);
+        // z_erofs_map_header: fragment/idata (unused), advise, algorithm
+        // (lz4 = 0 for head 1), lcluster bits - 12; then 8 bytes of padding.
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&ADVISE_BIG_PCLUSTER_1.to_le_bytes());
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&[0u8; 8]);
+        let lcluster = |b: &mut Vec<u8>, kind: u16, word: [u8; 4]| {
+            b.extend_from_slice(&kind.to_le_bytes());
+            b.extend_from_slice(&0u16.to_le_bytes());
+            b.extend_from_slice(&word);
+        };
+        for (i, p) in self.pieces.iter().enumerate() {
+            let nlc = (chunk_len(size, i) as u64).div_ceil(BLOCK) as u16;
+            match *p {
+                Piece::Plain(at) => {
+                    for k in 0..u64::from(nlc) {
+                        let a = (base + u64::from(at) + k) as u32;
+                        lcluster(&mut b, 0, a.to_le_bytes());
+                    }
+                }
+                Piece::Lz4 { at, blocks } => {
+                    let a = (base + u64::from(at)) as u32;
+                    lcluster(&mut b, 1, a.to_le_bytes());
+                    for k in 1..nlc {
+                        let d0 = if k == 1 {
+                            D0_CBLKCNT | blocks as u16
+                        } else {
+                            k
+                        };
+                        let mut w = [0u8; 4];
+                        w[..2].copy_from_slice(&d0.to_le_bytes());
+                        w[2..].copy_from_slice(&(nlc - k).to_le_bytes());
+                        lcluster(&mut b, 2, w);
+                    }
+                }
+                Piece::Hole => unreachable!("compressed maps have no holes"),
+            }
+        }
+        b
+    }
+}
