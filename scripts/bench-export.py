@@ -2,9 +2,10 @@
 """Export: hoist (ext4, erofs) vs the Go original's paths, alternating runs.
 
     scripts/bench-export.py [--runs N] [--ref HOST/REPO:TAG] [--hoist PATH]
-                            [--tools hoist,go,hoist-erofs,go-erofs]
+                            [--tools hoist,go,hoist-erofs,hoist-lz4,go-erofs]
 
 hoist-erofs: `hoist export REF -o FILE --format erofs` (uncompressed).
+hoist-lz4:   `hoist export REF -o FILE --format erofs --compress lz4`.
 go-erofs:    `umoci unpack --rootless`, then `mkfs.erofs -zlz4 FILE ROOTFS`
              (the Go original's erofs path; lz4 compressed).
 
@@ -36,7 +37,7 @@ ap.add_argument("--ref", default="127.0.0.1:5000/rig/big:latest")
 ap.add_argument("--workdir", default="/var/tmp", help="where caches and outputs go")
 ap.add_argument("--hoist", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "hoist"))
 ap.add_argument("--settle", type=float, default=20.0)
-ap.add_argument("--tools", default="hoist,go,hoist-erofs,go-erofs")
+ap.add_argument("--tools", default="hoist,go,hoist-erofs,hoist-lz4,go-erofs")
 a = ap.parse_args()
 env = ENV
 work = tempfile.mkdtemp(prefix="hoist-bench-export-", dir=a.workdir)
@@ -68,13 +69,14 @@ def margin(img):
     return free / total
 
 
-hoist_rss = {"hoist": [], "hoist-erofs": []}
+hoist_rss = {"hoist": [], "hoist-erofs": [], "hoist-lz4": []}
 
 
-def hoist(fmt="ext4"):
+def hoist(fmt="ext4", lz4=False):
+    extra = ["--compress", "lz4"] if lz4 else []
     wall, rss = timed([a.hoist, "-q", "--cache-dir", cache, "export", a.ref, "-o", out,
-                       "--format", fmt])
-    hoist_rss["hoist" if fmt == "ext4" else "hoist-erofs"].append(rss)
+                       "--format", fmt] + extra)
+    hoist_rss["hoist" if fmt == "ext4" else "hoist-lz4" if lz4 else "hoist-erofs"].append(rss)
     return wall
 
 
@@ -116,6 +118,7 @@ tools = {
     "hoist": lambda: hoist("ext4"),
     "go": go,
     "hoist-erofs": lambda: hoist("erofs"),
+    "hoist-lz4": lambda: hoist("erofs", lz4=True),
     "go-erofs": go_erofs,
 }
 names = [t for t in a.tools.split(",") if t in tools]
@@ -137,9 +140,13 @@ for name, v in res.items():
     extra = "  ext4 free %4.1f %%" % (100 * free) if free is not None else ""
     print("%-11s total median %7.2f s  image %7.1f MiB%s" % (name, statistics.median(v), size / 2**20, extra))
 med = {n: statistics.median(v) for n, v in res.items()}
-for x, y in [("hoist", "go"), ("hoist-erofs", "hoist"), ("hoist-erofs", "go-erofs")]:
+for x, y in [("hoist", "go"), ("hoist-erofs", "hoist"), ("hoist-erofs", "go-erofs"),
+             ("hoist-lz4", "hoist"), ("hoist-lz4", "go-erofs")]:
     if x in med and y in med:
         print("time ratio %s/%s: %.3f" % (x, y, med[x] / med[y]))
+if "hoist-lz4" in info and "go-erofs" in info:
+    print("image size ratio hoist-lz4/go-erofs (mkfs.erofs -zlz4): %.3f" % (
+        info["hoist-lz4"][0] / info["go-erofs"][0]))
 for n, v in hoist_rss.items():
     if v:
         print("%s peak RSS median: %.1f MiB" % (n, statistics.median(v)))

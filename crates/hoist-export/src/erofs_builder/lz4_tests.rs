@@ -29,13 +29,14 @@ fn random(n: usize, seed: u64) -> Vec<u8> {
 /// (path, content) of every file of the test layer.
 fn files() -> Vec<(&'static str, Vec<u8>)> {
     const K: usize = 1024;
+    const C: usize = super::data::CHUNK as usize;
     let cat = |parts: &[Vec<u8>]| parts.concat();
     vec![
         // Smaller than a block: never compressed.
         ("tiny", text(3000)),
         // One chunk or less that shrinks.
         ("small", text(10 * K)),
-        ("exact", text(64 * K)),
+        ("exact", text(C)),
         // Many chunks, the last one short.
         ("text", text(K * K + 123)),
         // Nothing shrinks: one plain run.
@@ -43,22 +44,17 @@ fn files() -> Vec<(&'static str, Vec<u8>)> {
         // Compressed, plain, zero and a short compressed last chunk.
         (
             "mixed",
-            cat(&[text(64 * K), random(64 * K, 2), vec![0; 64 * K], text(5000)]),
+            cat(&[text(C), random(C, 2), vec![0; C], text(5000)]),
         ),
         // A few zero chunks in a big file: compressed like the rest.
         (
             "fewzeros",
-            cat(&[text(K * K), vec![0; 5 * 64 * K], text(100 * K)]),
+            cat(&[text(K * K), vec![0; 5 * C], text(100 * K)]),
         ),
         // Mostly zeros: chunk-based, with holes.
         (
             "sparse",
-            cat(&[
-                text(64 * K),
-                vec![0; 3 * K * K],
-                random(100 * K, 3),
-                text(777),
-            ]),
+            cat(&[text(C), vec![0; 3 * K * K], random(100 * K, 3), text(777)]),
         ),
     ]
 }

@@ -6,7 +6,7 @@
 //! need, inline xattrs, and file, symlink and directory tails inline after
 //! their inode (`FLAT_INLINE`) where they fit, else in a block of their own
 //! (`FLAT_PLAIN`). Sparse files are written chunk-based with their holes
-//! unmapped, and `--compress lz4` compresses file data in 64 KiB big
+//! unmapped, and `--compress lz4` compresses file data in 128 KiB big
 //! pclusters (both in [`data`]).
 //!
 //! Layout: block 0 holds the superblock; file data follows in arrival
