@@ -107,54 +107,6 @@ fn crc32c(data: &[u8]) -> u32 {
     crc
 }
 
-/// The xattr prefixes erofs indexes; a name with another prefix cannot be
-/// stored without the long-prefix feature.
-fn xattr_index(name: &str) -> Option<(u8, &str)> {
-    for (p, i) in [("user.", 1), ("trusted.", 4), ("security.", 6)] {
-        if let Some(rest) = name.strip_prefix(p) {
-            return Some((i, rest));
-        }
-    }
-    match name {
-        "system.posix_acl_access" => Some((2, "")),
-        "system.posix_acl_default" => Some((3, "")),
-        _ => None,
-    }
-}
-
-/// The inline xattr body: a 12-byte header, then 4-byte-aligned entries.
-fn xattr_body(rel: &str, xattrs: &[(String, Vec<u8>)]) -> Result<Vec<u8>, ExportError> {
-    if xattrs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut b = vec![0u8; 12];
-    for (name, value) in xattrs {
-        let Some((idx, suffix)) = xattr_index(name) else {
-            return Err(ExportError::Unsupported(format!(
-                "{rel}: xattr {name:?} has a prefix erofs cannot store"
-            )));
-        };
-        if suffix.len() > 255 || value.len() > 65535 {
-            return Err(ExportError::Unsupported(format!(
-                "{rel}: xattr {name:?} is too large for erofs"
-            )));
-        }
-        b.push(suffix.len() as u8);
-        b.push(idx);
-        b.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        b.extend_from_slice(suffix.as_bytes());
-        b.extend_from_slice(value);
-        b.resize(b.len().div_ceil(4) * 4, 0);
-    }
-    if b.len() > 2048 {
-        return Err(ExportError::Unsupported(format!(
-            "{rel}: {} bytes of xattrs, more than hoist's erofs writer stores inline",
-            b.len()
-        )));
-    }
-    Ok(b)
-}
-
 fn file_type(k: EntryType) -> u8 {
     match k {
         EntryType::File => 1,
@@ -328,6 +280,7 @@ impl ErofsBuilder {
             .map_or(0, |(t, _)| *t);
 
         // Directory sizes depend on names only; their nids come later.
+        let shared = xattr::plan(order.iter().map(|&id| &tree.node(id).xattrs[..]));
         let mut dir_names: HashMap<NodeId, Vec<(Vec<u8>, NodeId)>> = HashMap::new();
         let mut recs: Vec<Rec> = Vec::with_capacity(order.len());
         for &id in &order {
@@ -339,7 +292,7 @@ impl ErofsBuilder {
             } else {
                 shown
             };
-            let xattrs = xattr_body(&shown, &n.xattrs)?;
+            let xattrs = xattr::body(&shown, &n.xattrs, &shared)?;
             let mut blocks = 0;
             let mut map = None;
             let (size, layout, inline, blkaddr, nlink) = match &n.body {
@@ -500,6 +453,11 @@ impl ErofsBuilder {
                 None => r.layout = FLAT_PLAIN,
             }
         }
+        let xattr_blkaddr = if shared.area.is_empty() {
+            0
+        } else {
+            self.area.put(&shared.area).map_err(werr)?.start
+        };
         self.area.flush().map_err(werr)?;
         let meta_blkaddr = self.area.next;
         self.write_meta(tree, &recs, meta_blkaddr)?;
@@ -516,6 +474,7 @@ impl ErofsBuilder {
         s[24..32].copy_from_slice(&(build_time.max(0) as u64).to_le_bytes());
         s[36..40].copy_from_slice(&(total as u32).to_le_bytes());
         s[40..44].copy_from_slice(&(meta_blkaddr as u32).to_le_bytes());
+        s[44..48].copy_from_slice(&(xattr_blkaddr as u32).to_le_bytes());
         s[48..64].copy_from_slice(&uuid);
         let lz4 = recs.iter().any(|r| r.layout == COMPRESSED_FULL);
         let chunked = recs.iter().any(|r| r.layout == CHUNK_BASED);
@@ -789,3 +748,6 @@ mod data;
 mod lz4_tests;
 #[cfg(test)]
 mod tests;
+mod xattr;
+#[cfg(test)]
+mod xattr_tests;

@@ -19,7 +19,7 @@ fn crc32c_is_castagnoli_without_the_final_inversion() {
 
 const UUID: [u8; 16] = *b"0123456789abcdef";
 
-fn build(out: &Path, layers: &[Vec<u8>]) -> Result<ErofsStats, String> {
+pub(super) fn build(out: &Path, layers: &[Vec<u8>]) -> Result<ErofsStats, String> {
     build_with(out, layers, ErofsOptions::default())
 }
 
