@@ -101,8 +101,12 @@ fn export(r: &str, base: &Path, format: &str, name: &str, unprivileged: bool) ->
     let o = c
         .arg("--cache-dir")
         .arg(&cache)
-        .args(["--json", "export", r, "--format", format, "-o"])
+        .args(["--json", "export", r, "-o"])
         .arg(&out)
+        .args(match format {
+            "erofs-lz4" => vec!["--format", "erofs", "--compress", "lz4"],
+            f => vec!["--format", f],
+        })
         .env("HOME", base)
         .env("NO_PROXY", "127.0.0.1")
         .output()
@@ -171,7 +175,7 @@ fn exports_say_the_true_ownership_as_root_and_unprivileged() {
         return;
     }
     let base = base_dir();
-    let (r, _) = image(base.path());
+    let (r, img) = image(base.path());
 
     // cpio
     let root_cpio = export(&r, base.path(), "cpio", "root.cpio", false);
@@ -348,6 +352,37 @@ fn exports_say_the_true_ownership_as_root_and_unprivileged() {
         "{}",
         dump(&root_erofs, "/etc/shadow")
     );
+
+    // Field by field against the tar headers, uncompressed and lz4, made
+    // as root and unprivileged.
+    let want = crate::erofs_fields::headers(&img.layers[0].bytes);
+    assert!(want.len() > 15, "{want:?}");
+    let root_lz4 = export(&r, base.path(), "erofs-lz4", "root-lz4.erofs", false);
+    let user_lz4 = export(&r, base.path(), "erofs-lz4", "user-lz4.erofs", true);
+    let mnt = base.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    for img in [&root_erofs, &user_erofs, &root_lz4, &user_lz4] {
+        crate::erofs_fields::dump_matches(img, &want);
+        let o = Command::new("mount")
+            .args(["-t", "erofs", "-o", "loop,ro"])
+            .arg(img)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            let why = format!(
+                "mount {}: {}",
+                img.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(std::env::var_os("CI").is_none(), "under CI: {why}");
+            eprintln!("SKIPPED: {why}");
+            continue;
+        }
+        let r = std::panic::catch_unwind(|| crate::erofs_fields::mount_matches(&mnt, &want));
+        let _ = Command::new("umount").arg(&mnt).status();
+        r.unwrap();
+    }
 }
 
 #[test]

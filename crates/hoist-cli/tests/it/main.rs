@@ -6,6 +6,7 @@ mod harness;
 
 mod auth;
 mod cli;
+mod erofs_fields;
 mod export;
 mod faults;
 mod gc;
