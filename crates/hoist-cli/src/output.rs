@@ -135,6 +135,11 @@ pub fn pulled(p: &Pulled, as_json: bool, quiet: bool) -> anyhow::Result<()> {
                 p.blobs_fetched,
                 human_size(p.bytes_fetched)
             );
+            if p.bytes_by_host.len() > 1 {
+                for (h, n) in &p.bytes_by_host {
+                    eprintln!("  {}: {}", h, human_size(*n));
+                }
+            }
         }
     }
     println!("{}", p.digest);

@@ -1,23 +1,27 @@
-//! The distribution API client: one `send` loop owns scheme choice, auth,
-//! retries and error typing; manifest and blob fetches are built on it.
+//! The distribution API client. A request walks its registry's endpoints
+//! (`send_any`: mirrors first, the registry last) under one retry budget;
+//! `send` owns one endpoint's scheme choice, auth, retries and error
+//! typing. Manifest and blob fetches (`fetch.rs`) are built on them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hoist_spec::{media, Cancel, Digest, Reference};
+use hoist_spec::{Cancel, Digest, Reference};
 use reqwest::blocking::{Client, Response};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
 use crate::auth::{parse_challenge, Challenge, Token, TokenReply};
 use crate::creds::{CredentialSources, Credentials};
+use crate::endpoint::{Direct, Endpoint, Need, Resolver, Scheme, Tls};
 use crate::error::{self, ErrorContext, RegistryError};
 use crate::retry::RetryPolicy;
 
 pub const DEFAULT_MAX_MANIFEST_SIZE: u64 = 4 << 20;
 const MAX_ERROR_BODY: u64 = 64 << 10;
 const MAX_TOKEN_BODY: u64 = 1 << 20;
+const MAX_PEM: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
@@ -40,6 +44,9 @@ pub struct RegistryOptions {
     /// Refuse link-local and cloud-metadata addresses wherever they appear
     /// (the name, its resolution, a redirect). The service sets this.
     pub refuse_link_local: bool,
+    /// Where each registry's requests go ([`Direct`]: to the registry;
+    /// a `hosts.toml` resolver: mirrors first).
+    pub resolver: Arc<dyn Resolver>,
 }
 
 impl Default for RegistryOptions {
@@ -55,6 +62,7 @@ impl Default for RegistryOptions {
             stall_timeout: Duration::from_secs(30),
             user_agent: concat!("hoist/", env!("CARGO_PKG_VERSION")).to_string(),
             refuse_link_local: false,
+            resolver: Arc::new(Direct),
         }
     }
 }
@@ -72,18 +80,40 @@ pub struct RawManifest {
 pub trait BlobSink: Write {
     fn written(&self) -> u64;
     fn reset(&mut self) -> io::Result<()>;
+    /// Whether what was written hashes to the digest asked for (`Err`:
+    /// what it hashes to). Checked before a mirror's blob is accepted, so
+    /// that a mirror sending wrong bytes is skipped, not trusted.
+    fn check(&self) -> Result<(), Digest> {
+        Ok(())
+    }
 }
 
 /// What one call carries besides its arguments: a cancellation token
-/// (checked in retry sleeps and the blob read loop) and credentials that
-/// win over every configured source for this call only.
+/// (checked in retry sleeps and the blob read loop), credentials that win
+/// over every configured source for this call only (sent to the registry,
+/// never to a mirror), and the tally of bytes each host served.
 #[derive(Clone, Default)]
 pub struct Call {
     pub cancel: Cancel,
     pub credentials: Option<Credentials>,
+    pub served: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Call {
+    /// Bytes of manifests and blobs received from each host so far.
+    pub fn served(&self) -> BTreeMap<String, u64> {
+        self.served.lock().expect("lock").clone()
+    }
+
+    pub(crate) fn count(&self, host: &str, n: u64) {
+        *self
+            .served
+            .lock()
+            .expect("lock")
+            .entry(host.to_string())
+            .or_default() += n;
+    }
+
     /// Who the tokens fetched for this call belong to: they are cached per
     /// identity, so one caller's token never serves another's call.
     fn identity(&self) -> String {
@@ -103,12 +133,33 @@ enum HostAuth {
     },
 }
 
+/// What is learned per endpoint host (scheme, auth mode, tokens by scope
+/// and identity), per registry (its endpoints) and per TLS setting.
 #[derive(Default)]
 struct State {
     plain_http: HashSet<String>,
     auth: HashMap<String, HostAuth>,
     tokens: HashMap<(String, String, String), Token>,
     creds: HashMap<String, Option<Credentials>>,
+    endpoints: HashMap<String, Arc<Vec<Endpoint>>>,
+    tls_clients: HashMap<Tls, Client>,
+}
+
+/// One request's retry budget: every attempt of every loop the request
+/// goes through (endpoints, `send`, a manifest's body, a blob's resumes)
+/// counts against the same `--retries` and `--retry-max-time`.
+pub(crate) struct Budget {
+    attempts: u32,
+    started: Instant,
+}
+
+impl Budget {
+    pub(crate) fn new() -> Budget {
+        Budget {
+            attempts: 0,
+            started: Instant::now(),
+        }
+    }
 }
 
 pub struct RegistryClient {
@@ -129,7 +180,7 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn ctx_of(r: &Reference, target: &str) -> ErrorContext {
+pub(crate) fn ctx_of(r: &Reference, target: &str) -> ErrorContext {
     ErrorContext::new(r.registry(), r.repository(), target)
 }
 
@@ -146,7 +197,7 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
-fn retry_after(resp: &Response) -> Option<Duration> {
+pub(crate) fn retry_after(resp: &Response) -> Option<Duration> {
     let v = resp.headers().get("retry-after")?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -204,6 +255,7 @@ impl RegistryClient {
         self.opts.insecure_registries.iter().any(|h| h == host)
     }
 
+    /// The HTTP client for `host` without endpoint TLS settings.
     fn client_for(&self, host: &str) -> &Client {
         if self.is_insecure(host) {
             &self.unverified
@@ -212,17 +264,102 @@ impl RegistryClient {
         }
     }
 
+    /// The HTTP client for an endpoint: its own TLS settings (built once
+    /// per setting), else the client's.
+    fn client_of(&self, ep: &Endpoint) -> Result<Client, RegistryError> {
+        let Some(tls) = &ep.tls else {
+            return Ok(self.client_for(&ep.host).clone());
+        };
+        if let Some(c) = self.state.lock().expect("lock").tls_clients.get(tls) {
+            return Ok(c.clone());
+        }
+        let read = |p: &std::path::Path| -> Result<Vec<u8>, RegistryError> {
+            let mut v = Vec::new();
+            std::fs::File::open(p)
+                .and_then(|f| f.take(MAX_PEM).read_to_end(&mut v))
+                .map_err(|e| RegistryError::Tls(format!("{}: {e}", p.display())))?;
+            Ok(v)
+        };
+        let mut b = Client::builder()
+            .user_agent(self.opts.user_agent.clone())
+            .timeout(self.opts.stall_timeout)
+            .connect_timeout(Duration::from_secs(15));
+        if self.opts.refuse_link_local {
+            b = b
+                .dns_resolver(crate::guard::resolver())
+                .redirect(crate::guard::redirect_policy());
+        }
+        for pem in self.opts.ca_certs_pem.iter().cloned().chain(
+            tls.ca
+                .iter()
+                .map(|p| read(p))
+                .collect::<Result<Vec<_>, _>>()?,
+        ) {
+            for c in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| RegistryError::Tls(format!("bad CA certificate: {e}")))?
+            {
+                b = b.add_root_certificate(c);
+            }
+        }
+        if let Some((cert, key)) = tls.client.first() {
+            let mut pem = read(cert)?;
+            if let Some(k) = key {
+                pem.push(b'\n');
+                pem.extend(read(k)?);
+            }
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| RegistryError::Tls(format!("{}: {e}", cert.display())))?;
+            b = b.identity(id);
+        }
+        if tls.skip_verify {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        let c = b.build().map_err(|e| RegistryError::Tls(describe(&e)))?;
+        self.state
+            .lock()
+            .expect("lock")
+            .tls_clients
+            .insert(tls.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// The endpoints of `r`'s registry, resolved once per client.
+    pub(crate) fn endpoints(&self, r: &Reference) -> Result<Arc<Vec<Endpoint>>, RegistryError> {
+        if let Some(e) = self.state.lock().expect("lock").endpoints.get(r.registry()) {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(self.opts.resolver.endpoints(r.registry(), r.api_host())?);
+        self.state
+            .lock()
+            .expect("lock")
+            .endpoints
+            .insert(r.registry().to_string(), e.clone());
+        Ok(e)
+    }
+
+    /// The credentials to send to `ep`: a mirror's own, looked up under its
+    /// host; the registry's from the call, `--creds`, or the sources.
     fn credentials(
         &self,
-        registry: &str,
+        ep: &Endpoint,
+        r: &Reference,
         call: &Call,
     ) -> Result<Option<Credentials>, RegistryError> {
-        if let Some(c) = &call.credentials {
-            return Ok(Some(c.clone()));
-        }
-        if let Some(c) = &self.opts.credentials {
-            return Ok(Some(c.clone()));
-        }
+        let key = if ep.is_mirror() {
+            ep.host.as_str()
+        } else {
+            if let Some(c) = &call.credentials {
+                return Ok(Some(c.clone()));
+            }
+            if let Some(c) = &self.opts.credentials {
+                return Ok(Some(c.clone()));
+            }
+            r.registry()
+        };
+        self.source_credentials(key)
+    }
+
+    fn source_credentials(&self, registry: &str) -> Result<Option<Credentials>, RegistryError> {
         if let Some(c) = self.state.lock().expect("lock").creds.get(registry) {
             return Ok(c.clone());
         }
@@ -235,19 +372,25 @@ impl RegistryClient {
         Ok(c)
     }
 
-    fn can_retry(&self, attempt: u32, started: Instant) -> bool {
-        attempt < self.opts.retry.max_attempts && started.elapsed() < self.opts.retry.max_elapsed
+    /// Count an attempt against the request's budget.
+    pub(crate) fn attempt(&self, b: &mut Budget) {
+        b.attempts += 1;
+    }
+
+    pub(crate) fn can_retry(&self, b: &Budget) -> bool {
+        b.attempts < self.opts.retry.max_attempts
+            && b.started.elapsed() < self.opts.retry.max_elapsed
     }
 
     /// The back-off before another attempt; a cancelled call stops here.
-    fn pause(
+    pub(crate) fn pause(
         &self,
         call: &Call,
         ctx: &ErrorContext,
-        attempt: u32,
+        b: &Budget,
         why: &str,
     ) -> Result<(), RegistryError> {
-        let d = self.opts.retry.backoff(attempt);
+        let d = self.opts.retry.backoff(b.attempts);
         tracing::debug!("retrying in {d:?} after {why}");
         call.cancel
             .sleep(d)
@@ -258,28 +401,39 @@ impl RegistryClient {
     /// when the host uses bearer auth and none is fresh.
     fn auth_header(
         &self,
+        ep: &Endpoint,
         r: &Reference,
         scope: &str,
         ctx: &ErrorContext,
         call: &Call,
-        started: Instant,
+        budget: &mut Budget,
     ) -> Result<Option<String>, RegistryError> {
-        let host = r.api_host();
+        let host = ep.host.as_str();
         let mode = self.state.lock().expect("lock").auth.get(host).cloned();
         match mode {
             None => Ok(None),
-            Some(HostAuth::Basic) => Ok(self
-                .credentials(r.registry(), call)?
-                .map(|c| c.basic_header())),
+            Some(HostAuth::Basic) => Ok(self.credentials(ep, r, call)?.map(|c| c.basic_header())),
             Some(HostAuth::Bearer { realm, service }) => {
-                let key = (host.to_string(), scope.to_string(), call.identity());
+                let who = if ep.is_mirror() {
+                    String::new()
+                } else {
+                    call.identity()
+                };
+                let key = (host.to_string(), scope.to_string(), who);
                 if let Some(t) = self.state.lock().expect("lock").tokens.get(&key) {
                     if t.is_fresh() {
                         return Ok(Some(format!("Bearer {}", t.value)));
                     }
                 }
-                let t =
-                    self.fetch_token(r, (&realm, service.as_deref()), scope, ctx, call, started)?;
+                let t = self.fetch_token(
+                    ep,
+                    r,
+                    (&realm, service.as_deref()),
+                    scope,
+                    ctx,
+                    call,
+                    budget,
+                )?;
                 let h = format!("Bearer {}", t.value);
                 self.state.lock().expect("lock").tokens.insert(key, t);
                 Ok(Some(h))
@@ -287,14 +441,16 @@ impl RegistryClient {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // one request's whole context
     fn fetch_token(
         &self,
+        ep: &Endpoint,
         r: &Reference,
         (realm, service): (&str, Option<&str>),
         scope: &str,
         ctx: &ErrorContext,
         call: &Call,
-        started: Instant,
+        budget: &mut Budget,
     ) -> Result<Token, RegistryError> {
         let mut url = url::Url::parse(realm).map_err(|e| RegistryError::Protocol {
             ctx: ctx.clone(),
@@ -312,30 +468,30 @@ impl RegistryClient {
             Some(p) => format!("{realm_host}:{p}"),
             None => realm_host,
         };
-        let creds = self.credentials(r.registry(), call)?;
-        let mut attempt = 0;
+        let creds = self.credentials(ep, r, call)?;
         loop {
-            attempt += 1;
+            self.attempt(budget);
             let mut req = self.client_for(&realm_host).get(url.clone());
             if let Some(c) = &creds {
                 req = req.header(AUTHORIZATION, c.basic_header());
             }
             let resp = match req.send() {
                 Ok(resp) => resp,
-                Err(e) if self.can_retry(attempt, started) => {
-                    self.pause(call, ctx, attempt, &describe(&e))?;
+                Err(e) if self.can_retry(budget) => {
+                    self.pause(call, ctx, budget, &describe(&e))?;
                     continue;
                 }
                 Err(e) => {
                     return Err(RegistryError::Transport {
                         ctx: ctx.clone(),
                         message: format!("token request: {}", describe(&e)),
+                        source: Some(e),
                     })
                 }
             };
             let status = resp.status().as_u16();
-            if matches!(status, 408 | 500 | 502 | 503 | 504) && self.can_retry(attempt, started) {
-                self.pause(call, ctx, attempt, &format!("token endpoint HTTP {status}"))?;
+            if matches!(status, 408 | 500 | 502 | 503 | 504) && self.can_retry(budget) {
+                self.pause(call, ctx, budget, &format!("token endpoint HTTP {status}"))?;
                 continue;
             }
             let ra = retry_after(&resp);
@@ -360,9 +516,9 @@ impl RegistryClient {
     /// Learn how a host wants to be authenticated from its 401.
     fn learn_auth(
         &self,
+        ep: &Endpoint,
         r: &Reference,
         resp: &Response,
-        ctx: &ErrorContext,
         call: &Call,
     ) -> Result<bool, RegistryError> {
         let challenge = resp
@@ -373,7 +529,7 @@ impl RegistryClient {
             .find_map(parse_challenge);
         let mode = match challenge {
             Some(Challenge::Basic) => {
-                if self.credentials(r.registry(), call)?.is_none() {
+                if self.credentials(ep, r, call)?.is_none() {
                     return Ok(false);
                 }
                 HostAuth::Basic
@@ -382,25 +538,84 @@ impl RegistryClient {
             None => return Ok(false),
         };
         let mut st = self.state.lock().expect("lock");
-        st.auth.insert(r.api_host().to_string(), mode);
-        st.tokens.retain(|(h, _, _), _| h != r.api_host());
-        drop(st);
-        let _ = ctx;
+        st.auth.insert(ep.host.clone(), mode);
+        st.tokens.retain(|(h, _, _), _| *h != ep.host);
         Ok(true)
     }
 
-    /// GET `/v2/<repo>/<path>` with auth, scheme fallback and retries;
-    /// returns a 2xx response or a typed error.
-    fn send(
+    /// GET `path` of `r`'s repository from the first endpoint that has
+    /// the capability `need` and answers, starting at `eligible[*from]`.
+    /// A mirror gets one attempt (and its auth round trip); whatever it
+    /// fails with, the next host is tried, and the registry itself last,
+    /// with the rest of the budget. `*from` is left at the host that
+    /// answered, so that a caller can move past it.
+    #[allow(clippy::too_many_arguments)] // one request's whole context
+    pub(crate) fn send_any(
         &self,
         r: &Reference,
         ctx: &ErrorContext,
         path: &str,
         headers: &HeaderMap,
         call: &Call,
-        started: Instant,
+        budget: &mut Budget,
+        need: Need,
+        from: &mut usize,
+    ) -> Result<(Response, Endpoint), RegistryError> {
+        let all = self.endpoints(r)?;
+        let eligible: Vec<&Endpoint> = all.iter().filter(|e| e.capabilities.allows(need)).collect();
+        if eligible.is_empty() {
+            return Err(RegistryError::Protocol {
+                ctx: ctx.clone(),
+                message: format!(
+                    "no configured host of {} may {}",
+                    r.registry(),
+                    match need {
+                        Need::Resolve => "resolve tags",
+                        Need::Pull => "pull",
+                    }
+                ),
+            });
+        }
+        loop {
+            let i = (*from).min(eligible.len() - 1);
+            let ep = eligible[i];
+            let last = i + 1 == eligible.len();
+            match self.send(ep, r, ctx, path, headers, call, budget, last) {
+                Ok(resp) => {
+                    *from = i;
+                    return Ok((resp, ep.clone()));
+                }
+                Err(e) if !last && !matches!(e, RegistryError::Cancelled { .. }) => {
+                    tracing::info!("{}: {e}; trying {} next", ep.host, eligible[i + 1].host);
+                    *from = i + 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether another endpoint follows the one at `from` for `need`.
+    pub(crate) fn has_next(&self, r: &Reference, need: Need, from: usize) -> bool {
+        self.endpoints(r)
+            .is_ok_and(|all| all.iter().filter(|e| e.capabilities.allows(need)).count() > from + 1)
+    }
+
+    /// GET `path` of `r`'s repository from one endpoint, with auth, scheme
+    /// fallback and (when `retry`) retries from the budget; returns a 2xx
+    /// response or a typed error.
+    #[allow(clippy::too_many_arguments)] // one request's whole context
+    fn send(
+        &self,
+        ep: &Endpoint,
+        r: &Reference,
+        ctx: &ErrorContext,
+        path: &str,
+        headers: &HeaderMap,
+        call: &Call,
+        budget: &mut Budget,
+        retry: bool,
     ) -> Result<Response, RegistryError> {
-        let host = r.api_host();
+        let host = ep.host.as_str();
         if self.opts.refuse_link_local {
             if let Some(ip) =
                 crate::guard::literal_ip(host).filter(|ip| crate::guard::is_refused_ip(*ip))
@@ -411,22 +626,31 @@ impl RegistryClient {
                 });
             }
         }
+        let client = self.client_of(ep)?;
+        let can_retry = |b: &Budget| retry && self.can_retry(b);
         let scope = format!("repository:{}:pull", r.repository());
-        let mut attempt = 0u32;
         let mut reauthed = false;
         // Set while trying plain HTTP after HTTPS failed: if HTTP fails too,
         // the HTTPS error is the one worth showing (say, an unknown CA).
         let mut https_error: Option<String> = None;
         loop {
-            attempt += 1;
+            self.attempt(budget);
             if call.cancel.is_cancelled() {
                 return Err(RegistryError::Cancelled { ctx: ctx.clone() });
             }
-            let plain = self.state.lock().expect("lock").plain_http.contains(host);
-            let scheme = if plain { "http" } else { "https" };
-            let url = format!("{scheme}://{host}/v2/{}/{path}", r.repository());
-            let mut req = self.client_for(host).get(&url).headers(headers.clone());
-            if let Some(h) = self.auth_header(r, &scope, ctx, call, started)? {
+            let plain = match ep.scheme {
+                Scheme::Http => true,
+                Scheme::Https => false,
+                Scheme::Auto => self.state.lock().expect("lock").plain_http.contains(host),
+            };
+            let url = ep.url(if plain { "http" } else { "https" }, r.repository(), path);
+            let mut req = client.get(&url).headers(headers.clone());
+            for (k, v) in &ep.headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+                    req = req.header(k, v);
+                }
+            }
+            if let Some(h) = self.auth_header(ep, r, &scope, ctx, call, budget)? {
                 let mut v = HeaderValue::from_str(&h).map_err(|_| RegistryError::Protocol {
                     ctx: ctx.clone(),
                     message: "credentials hold characters not allowed in a header".into(),
@@ -446,16 +670,21 @@ impl RegistryClient {
                     }
                     if let Some(first) = https_error.take() {
                         self.state.lock().expect("lock").plain_http.remove(host);
-                        if self.can_retry(attempt, started) {
-                            self.pause(call, ctx, attempt, &first)?;
+                        if can_retry(budget) {
+                            self.pause(call, ctx, budget, &first)?;
                             continue;
                         }
                         return Err(RegistryError::Transport {
                             ctx: ctx.clone(),
                             message: format!("{first} (plain HTTP failed too: {})", describe(&e)),
+                            source: Some(e),
                         });
                     }
-                    if !plain && e.is_connect() && (self.is_insecure(host) || is_loopback(host)) {
+                    if ep.scheme == Scheme::Auto
+                        && !plain
+                        && e.is_connect()
+                        && (self.is_insecure(host) || is_loopback(host))
+                    {
                         tracing::debug!(
                             "https to {host} failed ({}); trying plain http",
                             describe(&e)
@@ -466,16 +695,17 @@ impl RegistryClient {
                             .expect("lock")
                             .plain_http
                             .insert(host.to_string());
-                        attempt -= 1;
+                        budget.attempts -= 1;
                         continue;
                     }
-                    if self.can_retry(attempt, started) {
-                        self.pause(call, ctx, attempt, &describe(&e))?;
+                    if can_retry(budget) {
+                        self.pause(call, ctx, budget, &describe(&e))?;
                         continue;
                     }
                     return Err(RegistryError::Transport {
                         ctx: ctx.clone(),
                         message: describe(&e),
+                        source: Some(e),
                     });
                 }
             };
@@ -487,6 +717,7 @@ impl RegistryClient {
                     return Err(RegistryError::Transport {
                         ctx: ctx.clone(),
                         message: first,
+                        source: None,
                     });
                 }
             }
@@ -494,8 +725,8 @@ impl RegistryClient {
                 200..=299 => return Ok(resp),
                 401 if !reauthed => {
                     reauthed = true;
-                    if self.learn_auth(r, &resp, ctx, call)? {
-                        attempt -= 1;
+                    if self.learn_auth(ep, r, &resp, call)? {
+                        budget.attempts -= 1;
                         continue;
                     }
                 }
@@ -503,7 +734,7 @@ impl RegistryClient {
                     let ra = retry_after(&resp);
                     if let Some(cap) = self.opts.rate_limit_wait {
                         let wait = ra.unwrap_or(Duration::from_secs(1));
-                        if wait <= cap && self.can_retry(attempt, started) {
+                        if wait <= cap && can_retry(budget) {
                             tracing::info!(
                                 "rate limited by {host}; waiting {wait:?} (Retry-After)"
                             );
@@ -519,8 +750,8 @@ impl RegistryClient {
                         });
                     }
                 }
-                408 | 500 | 502 | 503 | 504 if self.can_retry(attempt, started) => {
-                    self.pause(call, ctx, attempt, &format!("HTTP {status}"))?;
+                408 | 500 | 502 | 503 | 504 if can_retry(budget) => {
+                    self.pause(call, ctx, budget, &format!("HTTP {status}"))?;
                     continue;
                 }
                 _ => {}
@@ -534,211 +765,6 @@ impl RegistryClient {
                 error::parse_body(&body),
                 ra,
             ));
-        }
-    }
-
-    /// Fetch a manifest or index by tag or digest, verified, never buffering
-    /// more than the size limit.
-    pub fn get_manifest(
-        &self,
-        r: &Reference,
-        target: &str,
-        call: &Call,
-    ) -> Result<RawManifest, RegistryError> {
-        let ctx = ctx_of(r, target);
-        let limit = self.opts.max_manifest_size;
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static(media::MANIFEST_ACCEPT));
-        let started = Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let resp = self.send(
-                r,
-                &ctx,
-                &format!("manifests/{target}"),
-                &headers,
-                call,
-                started,
-            )?;
-            if let Some(len) = resp.content_length().filter(|&l| l > limit) {
-                return Err(RegistryError::TooLarge {
-                    ctx,
-                    what: "manifest".into(),
-                    size: Some(len),
-                    limit,
-                });
-            }
-            let content_type = resp
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let header_digest = resp
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<Digest>().ok());
-            let mut bytes = Vec::new();
-            if let Err(e) = resp.take(limit + 1).read_to_end(&mut bytes) {
-                if self.can_retry(attempt, started) {
-                    self.pause(call, &ctx, attempt, &e.to_string())?;
-                    continue;
-                }
-                return Err(RegistryError::Transport {
-                    ctx,
-                    message: format!("reading the manifest: {e}"),
-                });
-            }
-            if bytes.len() as u64 > limit {
-                return Err(RegistryError::TooLarge {
-                    ctx,
-                    what: "manifest".into(),
-                    size: None,
-                    limit,
-                });
-            }
-            let expected = match target.parse::<Digest>() {
-                Ok(d) => Some(d),
-                Err(_) => header_digest,
-            };
-            let digest = match expected {
-                Some(exp) => {
-                    let actual = Digest::of(exp.algorithm(), &bytes);
-                    if actual != exp {
-                        return Err(RegistryError::DigestMismatch {
-                            ctx,
-                            what: "manifest".into(),
-                            expected: exp,
-                            actual,
-                        });
-                    }
-                    if exp.algorithm() == hoist_spec::Algorithm::Sha256 {
-                        exp
-                    } else {
-                        Digest::sha256_of(&bytes)
-                    }
-                }
-                None => Digest::sha256_of(&bytes),
-            };
-            return Ok(RawManifest {
-                bytes,
-                content_type,
-                digest,
-            });
-        }
-    }
-
-    /// Stream a blob into `sink`, resuming with `Range` after a broken
-    /// transfer. The caller verifies the digest when it commits the sink.
-    pub fn fetch_blob(
-        &self,
-        r: &Reference,
-        digest: &Digest,
-        size: u64,
-        sink: &mut dyn BlobSink,
-        call: &Call,
-    ) -> Result<(), RegistryError> {
-        let ctx = ctx_of(r, &digest.to_string());
-        let path = format!("blobs/{digest}");
-        let started = Instant::now();
-        let mut attempt = 0;
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            attempt += 1;
-            let offset = sink.written();
-            let mut headers = HeaderMap::new();
-            if offset > 0 {
-                headers.insert(
-                    RANGE,
-                    HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"),
-                );
-            }
-            let mut resp = self.send(r, &ctx, &path, &headers, call, started)?;
-            if offset > 0 {
-                let resumed = resp.status().as_u16() == 206
-                    && resp
-                        .headers()
-                        .get("content-range")
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.starts_with(&format!("bytes {offset}-")));
-                if !resumed {
-                    tracing::debug!("{digest}: server ignored Range; starting over");
-                    sink.reset().map_err(|source| RegistryError::Sink {
-                        ctx: ctx.clone(),
-                        source,
-                    })?;
-                    if resp.status().as_u16() != 200 {
-                        continue;
-                    }
-                }
-            }
-            let base = sink.written();
-            if let Some(len) = resp.content_length() {
-                if base + len > size {
-                    return Err(RegistryError::SizeMismatch {
-                        ctx,
-                        digest: digest.clone(),
-                        expected: size,
-                        actual: base + len,
-                    });
-                }
-            }
-            let mut broken = None;
-            loop {
-                if call.cancel.is_cancelled() {
-                    return Err(RegistryError::Cancelled { ctx });
-                }
-                let remaining = size - sink.written();
-                // One byte past the declared size is enough to know a server
-                // is sending too much; nothing more is read.
-                let want = (remaining.min(buf.len() as u64 - 1) + 1) as usize;
-                match resp.read(&mut buf[..want]) {
-                    Ok(0) => break,
-                    Ok(n) if n as u64 > remaining => {
-                        return Err(RegistryError::SizeMismatch {
-                            ctx,
-                            digest: digest.clone(),
-                            expected: size,
-                            actual: sink.written() + n as u64,
-                        })
-                    }
-                    Ok(n) => {
-                        sink.write_all(&buf[..n])
-                            .map_err(|source| RegistryError::Sink {
-                                ctx: ctx.clone(),
-                                source,
-                            })?;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        broken = Some(e.to_string());
-                        break;
-                    }
-                }
-            }
-            if sink.written() == size && broken.is_none() {
-                return Ok(());
-            }
-            let why = broken.unwrap_or_else(|| {
-                format!("connection closed after {} of {size} bytes", sink.written())
-            });
-            if self.can_retry(attempt, started) {
-                self.pause(call, &ctx, attempt, &why)?;
-                continue;
-            }
-            if sink.written() < size {
-                return Err(RegistryError::Transport {
-                    ctx,
-                    message: format!("blob download failed: {why}"),
-                });
-            }
-            return Err(RegistryError::SizeMismatch {
-                ctx,
-                digest: digest.clone(),
-                expected: size,
-                actual: sink.written(),
-            });
         }
     }
 }

@@ -114,8 +114,15 @@ pub enum RegistryError {
         status: u16,
         msg: RegistryMessage,
     },
+    /// The request did not get an answer; `source` says why (a timeout, a
+    /// reset, a TLS failure: see [`RegistryError::transport_kind`]).
     #[error("{ctx}: {message}")]
-    Transport { ctx: ErrorContext, message: String },
+    Transport {
+        ctx: ErrorContext,
+        message: String,
+        #[source]
+        source: Option<reqwest::Error>,
+    },
     #[error("{ctx}: {message}")]
     Protocol { ctx: ErrorContext, message: String },
     #[error("credentials for {registry}: {message}")]
@@ -128,6 +135,8 @@ pub enum RegistryError {
     },
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("{path}: {message}")]
+    HostsConfig { path: String, message: String },
     #[error("{ctx}: cancelled")]
     Cancelled { ctx: ErrorContext },
     /// A link-local or cloud-metadata address, named, resolved or reached
@@ -140,6 +149,55 @@ fn retry_after_text(d: &Option<Duration>) -> String {
     match d {
         Some(d) => format!(" (Retry-After: {}s)", d.as_secs()),
         None => String::new(),
+    }
+}
+
+/// Why a request got no answer, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Timeout,
+    Connect,
+    Tls,
+    Reset,
+    Other,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Timeout => "timeout",
+            TransportKind::Connect => "connect",
+            TransportKind::Tls => "tls",
+            TransportKind::Reset => "reset",
+            TransportKind::Other => "other",
+        }
+    }
+
+    pub(crate) fn of(e: &reqwest::Error) -> TransportKind {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof => return TransportKind::Reset,
+                    std::io::ErrorKind::TimedOut => return TransportKind::Timeout,
+                    _ => {}
+                }
+            }
+            if s.downcast_ref::<rustls::Error>().is_some() {
+                return TransportKind::Tls;
+            }
+            src = s.source();
+        }
+        if e.is_timeout() {
+            TransportKind::Timeout
+        } else if e.is_connect() {
+            TransportKind::Connect
+        } else {
+            TransportKind::Other
+        }
     }
 }
 
@@ -158,6 +216,18 @@ pub enum ErrorKind {
 }
 
 impl RegistryError {
+    /// For a transport error, why there was no answer.
+    pub fn transport_kind(&self) -> Option<TransportKind> {
+        match self {
+            RegistryError::Transport { source, .. } => Some(
+                source
+                    .as_ref()
+                    .map_or(TransportKind::Other, TransportKind::of),
+            ),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             RegistryError::NotFound { .. } => ErrorKind::NotFound,

@@ -9,7 +9,9 @@
 mod auth;
 mod client;
 mod creds;
+mod endpoint;
 mod error;
+mod fetch;
 mod guard;
 mod retry;
 
@@ -17,6 +19,7 @@ pub use client::{
     BlobSink, Call, RawManifest, RegistryClient, RegistryOptions, DEFAULT_MAX_MANIFEST_SIZE,
 };
 pub use creds::{CredentialSources, Credentials};
-pub use error::{ErrorContext, ErrorKind, RegistryError, RegistryMessage};
+pub use endpoint::{Capabilities, Direct, Endpoint, Need, Resolver, Scheme, Tls};
+pub use error::{ErrorContext, ErrorKind, RegistryError, RegistryMessage, TransportKind};
 pub use guard::{is_refused_ip, literal_ip};
 pub use retry::RetryPolicy;

@@ -55,6 +55,17 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Whether what was written so far hashes to the expected digest
+    /// (`Err`: what it hashes to). `commit` checks again.
+    pub fn check(&self) -> Result<(), Digest> {
+        let actual = self.hasher.clone().finish();
+        if actual == self.expected {
+            Ok(())
+        } else {
+            Err(actual)
+        }
+    }
+
     /// Verify size and digest, then fsync and rename into place.
     pub fn commit(mut self) -> Result<(), StoreError> {
         if self.written != self.size {

@@ -102,6 +102,8 @@ pub struct Pulled {
     pub cached: bool,
     pub blobs_fetched: usize,
     pub bytes_fetched: u64,
+    /// Bytes each registry host served (mirrors and the registry), by host.
+    pub bytes_by_host: std::collections::BTreeMap<String, u64>,
     pub layout: PathBuf,
 }
 
@@ -590,6 +592,7 @@ impl Client {
             cached: complete,
             blobs_fetched: fetched,
             bytes_fetched: bytes,
+            bytes_by_host: op.bytes_by_host(),
             layout: self.store().root().to_path_buf(),
         };
         Ok((pulled, r.manifest, cfg, lease))
@@ -728,6 +731,9 @@ impl Write for ProgressSink<'_> {
 impl BlobSink for ProgressSink<'_> {
     fn written(&self) -> u64 {
         self.writer.written()
+    }
+    fn check(&self) -> Result<(), Digest> {
+        self.writer.check()
     }
     fn reset(&mut self) -> io::Result<()> {
         self.writer.reset()?;

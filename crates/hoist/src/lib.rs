@@ -21,7 +21,8 @@ pub use unpack::{UnpackOptions, Unpacked};
 
 /// The building blocks, for callers that need more than the facade.
 pub use hoist_registry::{
-    is_refused_ip, literal_ip, Credentials, RegistryError, RegistryOptions, RetryPolicy,
+    is_refused_ip, literal_ip, Credentials, Endpoint, RegistryError, RegistryOptions,
+    Resolver, RetryPolicy, TransportKind,
 };
 pub use hoist_spec::{Cancel, Digest, ImageMetadata, Platform, Reference, SpecError};
 pub use hoist_store::temp::{owner_is_gone as temp_owner_is_gone, stale_beside};

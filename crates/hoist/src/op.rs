@@ -4,8 +4,9 @@
 //! apart from others', and pull for one caller with that caller's
 //! credentials and platform, on one shared client.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use hoist_registry::Credentials;
 use hoist_spec::{Cancel, Platform};
@@ -73,6 +74,8 @@ pub struct Op {
     /// Win over every configured credential source, for this call only.
     pub credentials: Option<Credentials>,
     pub limits: Limits,
+    /// Bytes each registry host (a mirror, the registry) served this op.
+    served: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Default for Op {
@@ -84,6 +87,7 @@ impl Default for Op {
             platform: None,
             credentials: None,
             limits: Limits::default(),
+            served: Arc::default(),
         }
     }
 }
@@ -165,6 +169,12 @@ impl Op {
         hoist_registry::Call {
             cancel: self.cancel.clone(),
             credentials: self.credentials.clone(),
+            served: self.served.clone(),
         }
+    }
+
+    /// Bytes of manifests and blobs each registry host served so far.
+    pub fn bytes_by_host(&self) -> BTreeMap<String, u64> {
+        self.served.lock().expect("lock").clone()
     }
 }

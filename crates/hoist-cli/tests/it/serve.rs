@@ -263,9 +263,19 @@ fn serve_finishes_every_unfinished_build_after_kill_9_at_any_point() {
     // DATA/cache is the harness's --cache-dir: the CLI works on it.
     let data = h.home.path().to_path_buf();
     let mut seen = Vec::new();
-    for (round, ms) in [150u64, 500, 1200, 2000, 3000, 4500]
-        .into_iter()
-        .enumerate()
+    // Each round kills the server as soon as the build reaches the stage
+    // it aims at (polled every 10 ms: fixed sleeps missed the export on a
+    // fast, idle machine).
+    for (round, aim) in [
+        "pulling",
+        "converting",
+        "pulling",
+        "converting",
+        "pulling",
+        "converting",
+    ]
+    .into_iter()
+    .enumerate()
     {
         // Every round starts from scratch in the registry's eyes (a fresh
         // cache would pull again), so each kill lands somewhere new.
@@ -274,8 +284,15 @@ fn serve_finishes_every_unfinished_build_after_kill_9_at_any_point() {
         if round == 0 {
             assert_eq!(s.create(&name).0, 202);
         }
-        std::thread::sleep(Duration::from_millis(ms));
-        let (_, r) = s.image(&name);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let r = loop {
+            let (_, r) = s.image(&name);
+            if r["status"] == aim || r["status"] == "ready" || std::time::Instant::now() > deadline
+            {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         seen.push(r["status"].as_str().unwrap_or("?").to_string());
         s.kill9();
         if r["status"] == "ready" {
