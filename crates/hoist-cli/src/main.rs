@@ -40,6 +40,10 @@ struct Global {
     /// Reach this registry over plain HTTP or TLS without verification (repeatable).
     #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
     insecure_registry: Vec<String>,
+    /// containerd-style registry host configuration: mirrors and pull-through
+    /// caches from DIR/HOST[:PORT]/hosts.toml (or DIR/_default/hosts.toml).
+    #[arg(long, global = true, env = "HOIST_HOSTS_DIR", value_name = "DIR")]
+    hosts_dir: Option<PathBuf>,
     /// Extra trusted CA certificates, PEM (repeatable).
     #[arg(long = "ca-cert", global = true, value_name = "FILE")]
     ca_cert: Vec<PathBuf>,
@@ -345,6 +349,15 @@ fn options(g: &Global) -> anyhow::Result<ClientOptions> {
         stall_timeout: Duration::from_secs(g.timeout.max(1)),
         ..RegistryOptions::default()
     };
+    if let Some(d) = &g.hosts_dir {
+        if !d.is_dir() {
+            bail!(Usage(format!(
+                "--hosts-dir {}: not a directory",
+                d.display()
+            )));
+        }
+        r.resolver = std::sync::Arc::new(hoist::HostsDir::new(d));
+    }
     r.retry.max_attempts = g.retries.max(1);
     r.retry.max_elapsed = Duration::from_secs(g.retry_max_time);
     for f in &g.ca_cert {

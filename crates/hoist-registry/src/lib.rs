@@ -13,6 +13,7 @@ mod endpoint;
 mod error;
 mod fetch;
 mod guard;
+mod hosts;
 mod retry;
 
 pub use client::{
@@ -22,4 +23,5 @@ pub use creds::{CredentialSources, Credentials};
 pub use endpoint::{Capabilities, Direct, Endpoint, Need, Resolver, Scheme, Tls};
 pub use error::{ErrorContext, ErrorKind, RegistryError, RegistryMessage, TransportKind};
 pub use guard::{is_refused_ip, literal_ip};
+pub use hosts::HostsDir;
 pub use retry::RetryPolicy;

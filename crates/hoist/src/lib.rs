@@ -21,7 +21,7 @@ pub use unpack::{UnpackOptions, Unpacked};
 
 /// The building blocks, for callers that need more than the facade.
 pub use hoist_registry::{
-    is_refused_ip, literal_ip, Credentials, Endpoint, RegistryError, RegistryOptions,
+    is_refused_ip, literal_ip, Credentials, Endpoint, HostsDir, RegistryError, RegistryOptions,
     Resolver, RetryPolicy, TransportKind,
 };
 pub use hoist_spec::{Cancel, Digest, ImageMetadata, Platform, Reference, SpecError};
