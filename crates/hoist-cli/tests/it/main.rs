@@ -10,6 +10,7 @@ mod erofs_fields;
 mod export;
 mod faults;
 mod gc;
+mod mirrors;
 mod pull;
 mod robustness;
 mod serve;

@@ -116,21 +116,22 @@ fn start(root: &Path, name: &str, extra: &str, auth: Auth) -> Registry {
     std::fs::write(dir.join("config.yml"), config).unwrap();
     let log = std::fs::File::create(dir.join("registry.log")).unwrap();
     // The shell outlives nothing: it stops the registry once this test
-    // process is gone, and removes the test data. It is left to run (and
-    // be reaped by init) on purpose.
+    // process is gone (or `Registry::stop` asks), and removes the test
+    // data. It is left to run (and be reaped by init) on purpose.
     #[allow(clippy::zombie_processes)]
     Command::new("sh")
         .arg("-c")
         .arg(
             r#"exec 0</dev/null; "$1" serve "$2" & r=$!
-               while kill -0 "$3" 2>/dev/null; do sleep 1; done
-               kill "$r"; wait "$r"; rm -rf "$4""#,
+               while kill -0 "$3" 2>/dev/null && [ ! -e "$5" ]; do sleep 0.2; done
+               kill "$r"; wait "$r"; [ -e "$5" ] || rm -rf "$4""#,
         )
         .arg("sh")
         .arg(BIN)
         .arg(dir.join("config.yml"))
         .arg(std::process::id().to_string())
         .arg(root)
+        .arg(dir.join("stop"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .stdin(Stdio::null())
@@ -159,7 +160,50 @@ fn start(root: &Path, name: &str, extra: &str, auth: Auth) -> Registry {
     reg
 }
 
+/// One more plain registry of a test's own: `extra` is appended to its
+/// configuration (`proxy:\n  remoteurl: …` makes a pull-through cache).
+pub fn start_extra(name: &str, extra: &str) -> Registry {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let root = std::env::temp_dir().join(format!("hoist-it-{}-{name}-{n}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    start(&root, name, extra, Auth::None)
+}
+
 impl Registry {
+    /// Stop the registry and wait until its port is closed.
+    pub fn stop(&self) {
+        std::fs::write(self.dir.join("stop"), b"").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&self.host).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "registry {} did not stop",
+                self.host
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every request for `/v2/<repo>/<kind>/` in the access log, whoever
+    /// made it (a pull-through cache, say): (request line, status, bytes).
+    pub fn all_requests(&self, repo: &str, kind: &str) -> Vec<(String, u16, u64)> {
+        let log = std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default();
+        let needle = format!("/v2/{repo}/{kind}/");
+        log.lines()
+            .filter(|l| l.contains(&needle) && l.contains("] \"GET "))
+            .filter_map(|l| {
+                // Combined log format: … "GET /v2/… HTTP/1.1" 200 1234 "" "agent"
+                let mut parts = l.split('"');
+                let line = parts.nth(1)?.to_string();
+                let mut f = parts.next()?.split_whitespace();
+                let status = f.next()?.parse().ok()?;
+                let bytes = f.next().and_then(|b| b.parse().ok()).unwrap_or(0);
+                Some((line, status, bytes))
+            })
+            .collect()
+    }
+
     fn http(&self) -> reqwest::blocking::Client {
         let ca = std::fs::read(registries_ca()).unwrap();
         reqwest::blocking::Client::builder()

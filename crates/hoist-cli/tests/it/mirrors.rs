@@ -1,0 +1,235 @@
+//! Registry mirrors through containerd's `hosts.toml`: a real pull-through
+//! cache (distribution in proxy mode) in front of the plain test registry,
+//! a mirror that is down, one that sends wrong bytes (the in-process fault
+//! server), and one whose tag points elsewhere.
+
+use std::path::Path;
+
+use crate::harness::faults::FaultRegistry;
+use crate::harness::registry::{start_extra, Registry};
+use crate::harness::{registries, sample_image, unique_repo, Hoist};
+
+/// `DIR/<registry>/hosts.toml` with `server` and the given host tables.
+fn hosts_dir(dir: &Path, registry: &str, hosts: &[(&str, &str)]) {
+    let d = dir.join(registry);
+    std::fs::create_dir_all(&d).unwrap();
+    let mut t = format!("server = \"http://{registry}\"\n");
+    for (url, caps) in hosts {
+        t.push_str(&format!("\n[host.\"{url}\"]\n  capabilities = {caps}\n"));
+    }
+    std::fs::write(d.join("hosts.toml"), t).unwrap();
+}
+
+fn blob_gets(r: &Registry, repo: &str) -> usize {
+    r.all_requests(repo, "blobs").len()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+#[test]
+fn a_pull_through_cache_serves_later_pulls_and_a_stopped_one_falls_back_to_upstream() {
+    let up = &registries().plain;
+    let repo = unique_repo("mirror");
+    let img = sample_image(901, 300);
+    up.push_image(&repo, "v1", &img);
+    let mirror = start_extra(
+        "proxy",
+        &format!("proxy:\n  remoteurl: http://{}\n", up.host),
+    );
+    let conf = tempfile::tempdir().unwrap();
+    let all = r#"["pull", "resolve"]"#;
+    hosts_dir(
+        conf.path(),
+        &up.host,
+        &[(&format!("http://{}", mirror.host), all)],
+    );
+    let dir = conf.path().to_str().unwrap();
+    let by_tag = format!("{}/{repo}:v1", up.host);
+    let by_digest = format!("{}/{repo}@{}", up.host, img.manifest.digest());
+
+    // Cold: the mirror fills itself from upstream.
+    let h = Hoist::new();
+    let v = json(&h.ok(&["--json", "--hosts-dir", dir, "pull", &by_tag]));
+    assert_eq!(v["digest"], img.manifest.digest());
+    assert!(
+        v["bytes_by_host"][&mirror.host].as_u64().unwrap() > 600 << 10,
+        "{v}"
+    );
+    assert!(v["bytes_by_host"].get(&up.host).is_none(), "{v}");
+    h.assert_blobs_verified();
+    up.settle();
+    let cold = blob_gets(up, &repo);
+    assert!(cold >= 4, "upstream served the mirror {cold} blobs");
+    // The mirror saw containerd's ns parameter.
+    let seen = mirror.all_requests(&repo, "manifests");
+    assert!(
+        seen.iter()
+            .all(|(l, _, _)| l.contains(&format!("ns={}", up.host))),
+        "{seen:?}"
+    );
+
+    // Warm, into an empty cache: no blob from upstream (the proxy may
+    // check the tag there), and by digest no request at all.
+    let manifests_before = up.all_requests(&repo, "manifests").len();
+    let h2 = Hoist::new();
+    h2.ok(&["--hosts-dir", dir, "pull", &by_tag]);
+    h2.assert_blobs_verified();
+    up.settle();
+    assert_eq!(
+        blob_gets(up, &repo),
+        cold,
+        "a warm pull reached upstream for blobs"
+    );
+    let manifests_tag = up.all_requests(&repo, "manifests").len();
+    let h3 = Hoist::new();
+    let env = [("HOIST_HOSTS_DIR", conf.path().as_os_str())];
+    h3.ok_env(&env, &["pull", &by_digest]);
+    h3.assert_blobs_verified();
+    up.settle();
+    assert_eq!(blob_gets(up, &repo), cold);
+    assert_eq!(
+        up.all_requests(&repo, "manifests").len(),
+        manifests_tag,
+        "a pull by digest reached upstream (tag pull: {manifests_before} → {manifests_tag})"
+    );
+
+    // The mirror goes away: pulls fall back to upstream and succeed.
+    mirror.stop();
+    let h4 = Hoist::new();
+    let out = h4
+        .cmd()
+        .args(["-v", "--json", "--hosts-dir", dir, "pull", &by_tag])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        v["bytes_by_host"][&up.host].as_u64().unwrap() > 600 << 10,
+        "{v}"
+    );
+    assert!(
+        err.contains(&mirror.host) && err.contains("trying"),
+        "{err}"
+    );
+    h4.assert_blobs_verified();
+}
+
+#[test]
+fn a_mirror_that_sends_wrong_bytes_is_skipped_and_nothing_bad_is_cached() {
+    let up = &registries().plain;
+    let repo = unique_repo("badmirror");
+    let img = sample_image(902, 200);
+    up.push_image(&repo, "v1", &img);
+    let bad = FaultRegistry::start();
+    bad.add_image("v1", &img);
+    bad.set(|p| p.wrong_bytes = true);
+    let conf = tempfile::tempdir().unwrap();
+    hosts_dir(
+        conf.path(),
+        &up.host,
+        &[(&format!("http://{}", bad.host()), r#"["pull"]"#)],
+    );
+    let h = Hoist::new();
+    let out = h
+        .cmd()
+        .args(["--json", "--hosts-dir"])
+        .arg(conf.path())
+        .args(["pull", &format!("{}/{repo}:v1", up.host)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("wrong bytes") && err.contains(&bad.host()),
+        "{err}"
+    );
+    assert!(
+        !bad.requests("blobs").is_empty(),
+        "the mirror was never asked"
+    );
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v["digest"], img.manifest.digest());
+    assert!(h.assert_blobs_verified() >= 4);
+    h.ok(&["fsck"]);
+}
+
+#[test]
+fn a_tag_is_never_resolved_through_a_mirror_without_resolve() {
+    let up = &registries().plain;
+    let repo = unique_repo("resolve");
+    let real = sample_image(903, 64);
+    up.push_image(&repo, "v1", &real);
+    // A mirror whose v1 is something else.
+    let decoy = start_extra("decoy", "");
+    let other = sample_image(904, 64);
+    decoy.push_image(&repo, "v1", &other);
+    let r = format!("{}/{repo}:v1", up.host);
+
+    let conf = tempfile::tempdir().unwrap();
+    hosts_dir(
+        conf.path(),
+        &up.host,
+        &[(&format!("http://{}", decoy.host), r#"["pull"]"#)],
+    );
+    let h = Hoist::new();
+    let got = h.ok(&["--hosts-dir", conf.path().to_str().unwrap(), "pull", &r]);
+    assert_eq!(
+        got.trim(),
+        real.manifest.digest(),
+        "resolved through the mirror"
+    );
+    h.assert_blobs_verified();
+    decoy.settle();
+    assert!(
+        decoy
+            .requests(&repo, "manifests")
+            .iter()
+            .all(|l| !l.contains("/manifests/v1")),
+        "the tag was asked of a mirror without resolve"
+    );
+
+    // The same mirror trusted to resolve answers the tag: the switch is
+    // the capability, not chance.
+    let trusted = tempfile::tempdir().unwrap();
+    hosts_dir(
+        trusted.path(),
+        &up.host,
+        &[(&format!("http://{}", decoy.host), r#"["pull", "resolve"]"#)],
+    );
+    let h2 = Hoist::new();
+    let got = h2.ok(&["--hosts-dir", trusted.path().to_str().unwrap(), "pull", &r]);
+    assert_eq!(got.trim(), other.manifest.digest());
+    decoy.stop();
+}
+
+#[test]
+fn one_retry_budget_covers_every_loop_of_a_request() {
+    // Two 503s, then bodies cut short after 100 bytes, again and again (the
+    // server ignores Range): with the retry loops nested, --retries 3 used
+    // to mean 3 body attempts after the 503s, 5 requests in all.
+    let f = FaultRegistry::start();
+    let img = sample_image(905, 512);
+    f.add_image("v1", &img);
+    f.set(|p| {
+        p.blob_503 = 2;
+        p.truncate_after = Some((100, 100));
+        p.no_range = true;
+    });
+    let h = Hoist::new();
+    let e = h.fails(
+        &[
+            "--retries",
+            "3",
+            "--concurrency",
+            "1",
+            "pull",
+            &format!("{}/budget/img:v1", f.host()),
+        ],
+        1,
+    );
+    assert!(e.contains("budget/img"), "{e}");
+    assert_eq!(f.requests("blobs").len(), 3, "{:?}", f.requests("blobs"));
+}
