@@ -17,6 +17,7 @@ mod error;
 mod fsck;
 mod gc;
 mod index;
+mod layout;
 pub mod temp;
 
 use std::fs::File;
@@ -30,6 +31,7 @@ pub use error::StoreError;
 pub use fsck::FsckReport;
 pub use gc::{GcReport, Lease, Removed};
 pub use index::{NewImage, NAMES, REF_NAME};
+pub use layout::{parse_entries, verify, Layout, LayoutEntry};
 
 /// The on-disk format version; a new layout goes into a new directory.
 pub const FORMAT_DIR: &str = "oci-v1";
@@ -49,6 +51,7 @@ pub struct CachedImage {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    layout: Layout,
 }
 
 impl Store {
@@ -72,7 +75,15 @@ impl Store {
         if !index.exists() {
             index::update(&root, |_| ())?;
         }
-        Ok(Store { root })
+        Ok(Store {
+            layout: Layout::new(&root),
+            root,
+        })
+    }
+
+    /// The store's root read as an OCI layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     pub fn root(&self) -> &Path {
@@ -80,16 +91,13 @@ impl Store {
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.root
-            .join("blobs")
-            .join(d.algorithm().as_str())
-            .join(d.hex())
+        self.layout.blob_path(d)
     }
 
     /// Present with the expected size. The digest was checked when it was
     /// written; `fsck` re-checks it.
     pub fn has_blob(&self, d: &Digest, size: u64) -> bool {
-        std::fs::metadata(self.blob_path(d)).is_ok_and(|m| m.is_file() && m.len() == size)
+        self.layout.has_blob(d, size)
     }
 
     /// A new temp path in the store: `.hoist/tmp/<what>.<rand>.partial`.
@@ -120,53 +128,13 @@ impl Store {
 
     /// Read a whole blob of at most `limit` bytes and check its digest.
     pub fn read_blob(&self, d: &Digest, limit: u64) -> Result<Vec<u8>, StoreError> {
-        let path = self.blob_path(d);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::MissingBlob { digest: d.clone() })
-            }
-            Err(e) => return Err(StoreError::io(&path)(e)),
-        };
-        let len = file.metadata().map_err(StoreError::io(&path))?.len();
-        if len > limit {
-            return Err(StoreError::TooLarge {
-                digest: d.clone(),
-                size: len,
-                limit,
-            });
-        }
-        let mut bytes = Vec::with_capacity(len as usize);
-        file.take(limit + 1)
-            .read_to_end(&mut bytes)
-            .map_err(StoreError::io(&path))?;
-        let actual = Digest::of(d.algorithm(), &bytes);
-        if &actual != d {
-            return Err(StoreError::DigestMismatch {
-                expected: d.clone(),
-                actual,
-            });
-        }
-        Ok(bytes)
+        self.layout.read_blob(d, limit)
     }
 
     /// Open a blob for streaming, checking its size against the descriptor.
     /// Callers that need the digest checked hash while they read.
     pub fn open_blob(&self, d: &Digest, size: u64) -> Result<File, StoreError> {
-        let path = self.blob_path(d);
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::MissingBlob { digest: d.clone() },
-            _ => StoreError::io(&path)(e),
-        })?;
-        let len = file.metadata().map_err(StoreError::io(&path))?.len();
-        if len != size {
-            return Err(StoreError::SizeMismatch {
-                digest: d.clone(),
-                expected: size,
-                actual: len,
-            });
-        }
-        Ok(file)
+        self.layout.open_blob(d, size)
     }
 
     /// Record a pulled image in index.json (under the lock).
