@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run hoist's whole test suite. The integration tests start their own
 # registries (Debian's docker-registry) on free loopback ports and use
-# Debian's skopeo, umoci and attr (setfattr); as root this installs them
+# Debian's skopeo, umoci, buildah and attr (setfattr); as root this installs them
 # when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ need=()
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v umoci >/dev/null || need+=(umoci)
+command -v buildah >/dev/null || need+=(buildah)
 command -v setfattr >/dev/null || need+=(attr)
 command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
 command -v debugfs >/dev/null || need+=(e2fsprogs)

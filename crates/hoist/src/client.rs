@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::op::Op;
 use crate::progress::Event;
-use crate::source::{Fetcher, ImageSource, Layout, Remote};
+use crate::source::{Fetcher, ImageSource, OciSource, Remote};
 
 const MAX_INDEX_DEPTH: usize = 4;
 
@@ -231,19 +231,41 @@ impl Client {
         op.platform.as_ref().unwrap_or(&self.opts().platform)
     }
 
-    fn fetcher(&self, src: &ImageSource, op: &Op) -> Box<dyn Fetcher + '_> {
-        match src {
+    fn fetcher(&self, src: &ImageSource, op: &Op) -> Result<Box<dyn Fetcher + '_>, Error> {
+        let max = self.opts().registry.max_manifest_size;
+        // Local sources are recorded under their absolute path.
+        let name = || {
+            let s = src.to_string();
+            let (kind, rest) = s.split_once(':').expect("a transport prefix");
+            let path = match src {
+                ImageSource::Layout { path, .. }
+                | ImageSource::OciArchive { path, .. }
+                | ImageSource::DockerArchive { path, .. } => path,
+                ImageSource::Registry(_) => unreachable!(),
+            };
+            let abs = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let tail = &rest[path.as_os_str().len()..];
+            format!("{kind}:{}{tail}", abs.display())
+        };
+        Ok(match src {
             ImageSource::Registry(r) => Box::new(Remote {
                 client: &self.inner.registry,
                 reference: r.clone(),
                 call: op.call(),
             }),
-            ImageSource::Layout { path, tag } => Box::new(Layout {
-                path: path.clone(),
+            ImageSource::Layout { path, tag } => Box::new(OciSource {
+                files: hoist_store::Layout::new(path),
                 tag: tag.clone(),
-                max_manifest_size: self.opts().registry.max_manifest_size,
+                max_manifest_size: max,
+                cache_name: name(),
             }),
-        }
+            ImageSource::OciArchive { path, tag } => {
+                crate::archive::oci_archive(path, tag.clone(), max, name())?
+            }
+            ImageSource::DockerArchive { path, reference } => {
+                crate::archive::docker_archive(path, reference.clone(), max, name())?
+            }
+        })
     }
 
     /// A manifest by digest from the cache if present, else from the source.
@@ -422,7 +444,7 @@ impl Client {
 
     fn inspect_inner(&self, src: &ImageSource, op: &Op) -> Result<Inspection, Error> {
         let what = src.to_string();
-        let f = self.fetcher(src, op);
+        let f = self.fetcher(src, op)?;
         let r = self.resolve(f.as_ref(), &what, op)?;
         let cfg = self.config(f.as_ref(), &r.manifest, &what, op)?;
         self.check_platform(&r, &cfg, &what, op)?;
@@ -520,7 +542,7 @@ impl Client {
         op: &Op,
     ) -> Result<(Pulled, ImageManifest, ImageConfig, Lease), Error> {
         let what = src.to_string();
-        let f = self.fetcher(src, op);
+        let f = self.fetcher(src, op)?;
         let r = self.resolve(f.as_ref(), &what, op)?;
         let digest = r.raw.digest.clone();
         let m = &r.manifest;
@@ -680,7 +702,7 @@ impl Client {
                     r.tag().map(|t| format!("{}:{t}", r.name())),
                     r.digest().cloned(),
                 ),
-                ImageSource::Layout { .. } => (self.fetcher(src, &Op::new()).cache_name(), None),
+                _ => (self.fetcher(src, &Op::new())?.cache_name(), None),
             };
             let got = self.store().remove(name.as_deref(), digest.as_ref())?;
             if got.is_empty() {

@@ -1,5 +1,6 @@
 #![doc = include_str!("../../../README.md")]
 
+mod archive;
 mod client;
 mod error;
 mod export;

@@ -4,25 +4,70 @@
 
 use std::fmt;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use hoist_registry::{BlobSink, Call, RawManifest, RegistryClient};
 use hoist_spec::{Descriptor, Digest, Reference, SpecError};
+use hoist_store::LayoutEntry;
 
 use crate::error::Error;
 
-/// An image to read: a registry reference, or `oci:PATH[:TAG]` (skopeo's
-/// syntax; the first ':' after the path ends it).
+/// An image to read: a registry reference, or skopeo's transports
+/// `oci:PATH[:TAG]`, `oci-archive:FILE[:TAG]` and
+/// `docker-archive:FILE[:REPO:TAG]` (the first ':' after the path ends it).
 #[derive(Clone, PartialEq, Eq)]
 pub enum ImageSource {
     Registry(Reference),
-    Layout { path: PathBuf, tag: Option<String> },
+    Layout {
+        path: PathBuf,
+        tag: Option<String>,
+    },
+    OciArchive {
+        path: PathBuf,
+        tag: Option<String>,
+    },
+    DockerArchive {
+        path: PathBuf,
+        reference: Option<String>,
+    },
+}
+
+/// `PATH[:REST]` after a transport prefix.
+fn path_and_rest(s: &str, rest: &str, what: &str) -> Result<(PathBuf, Option<String>), SpecError> {
+    let (path, tail) = match rest.split_once(':') {
+        Some((p, t)) => (p, Some(t.to_string())),
+        None => (rest, None),
+    };
+    if path.is_empty() {
+        return Err(SpecError::InvalidReference {
+            input: s.into(),
+            reason: format!("{what} needs a path"),
+        });
+    }
+    if tail.as_deref() == Some("") {
+        return Err(SpecError::InvalidReference {
+            input: s.into(),
+            reason: "empty name after the path".into(),
+        });
+    }
+    Ok((PathBuf::from(path), tail))
 }
 
 impl FromStr for ImageSource {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
+        if let Some(rest) = s.strip_prefix("oci-archive:") {
+            let (path, tag) = path_and_rest(s, rest, "oci-archive:")?;
+            return Ok(ImageSource::OciArchive { path, tag });
+        }
+        if let Some(rest) = s.strip_prefix("docker-archive:") {
+            let (path, reference) = path_and_rest(s, rest, "docker-archive:")?;
+            if let Some(r) = &reference {
+                r.parse::<Reference>()?;
+            }
+            return Ok(ImageSource::DockerArchive { path, reference });
+        }
         if let Some(rest) = s.strip_prefix("oci:") {
             let (path, tag) = match rest.split_once(':') {
                 Some((p, t)) => (p, Some(t.to_string())),
@@ -56,6 +101,19 @@ impl fmt::Display for ImageSource {
             ImageSource::Layout { path, tag } => {
                 write!(f, "oci:{}", path.display())?;
                 if let Some(t) = tag {
+                    write!(f, ":{t}")?;
+                }
+                Ok(())
+            }
+            ImageSource::OciArchive { path, tag: t }
+            | ImageSource::DockerArchive { path, reference: t } => {
+                let kind = if matches!(self, ImageSource::OciArchive { .. }) {
+                    "oci-archive"
+                } else {
+                    "docker-archive"
+                };
+                write!(f, "{kind}:{}", path.display())?;
+                if let Some(t) = t {
                     write!(f, ":{t}")?;
                 }
                 Ok(())
@@ -116,58 +174,77 @@ impl Fetcher for Remote<'_> {
     }
 }
 
-pub(crate) struct Layout {
-    pub path: PathBuf,
+/// Read access to an OCI image layout, wherever its files are: a
+/// directory (`oci:`, read through the store's [`hoist_store::Layout`]) or
+/// a tar of one (`oci-archive:`, and Docker 25+'s `docker save`).
+pub(crate) trait LayoutFiles: Sync {
+    /// What the errors name.
+    fn name(&self) -> String;
+    fn entries(&self) -> Result<Vec<LayoutEntry>, Error>;
+    /// A whole blob of at most `limit` bytes, digest checked.
+    fn read(&self, d: &Digest, limit: u64) -> Result<Vec<u8>, Error>;
+    /// A blob to stream, its size checked (the cache checks the digest).
+    fn open(&self, d: &Digest, size: u64) -> Result<Box<dyn Read + '_>, Error>;
+}
+
+impl LayoutFiles for hoist_store::Layout {
+    fn name(&self) -> String {
+        self.root().display().to_string()
+    }
+    fn entries(&self) -> Result<Vec<LayoutEntry>, Error> {
+        hoist_store::Layout::entries(self).map_err(|e| layout_err(self, e))
+    }
+    fn read(&self, d: &Digest, limit: u64) -> Result<Vec<u8>, Error> {
+        self.read_blob(d, limit).map_err(|e| layout_err(self, e))
+    }
+    fn open(&self, d: &Digest, size: u64) -> Result<Box<dyn Read + '_>, Error> {
+        Ok(Box::new(
+            self.open_blob(d, size).map_err(|e| layout_err(self, e))?,
+        ))
+    }
+}
+
+/// A store error while reading a source layout: integrity errors name the
+/// image, the rest the layout.
+pub(crate) fn layout_err(l: &dyn LayoutFiles, e: hoist_store::StoreError) -> Error {
+    use hoist_store::StoreError as S;
+    match e {
+        S::DigestMismatch { .. } | S::SizeMismatch { .. } => Error::Blob {
+            image: l.name(),
+            source: e,
+        },
+        S::CorruptLayout { reason, .. } => Error::Layout {
+            layout: l.name(),
+            reason,
+        },
+        S::MissingBlob { digest } => Error::Layout {
+            layout: l.name(),
+            reason: format!("blob {digest} is missing"),
+        },
+        e => Error::Layout {
+            layout: l.name(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// An OCI layout source: the image its `index.json` names by tag
+/// (`org.opencontainers.image.ref.name`, or a full image name as
+/// containerd and Docker write it), or its only image.
+pub(crate) struct OciSource<F: LayoutFiles> {
+    pub files: F,
     pub tag: Option<String>,
     pub max_manifest_size: u64,
+    /// The cache name of the image (`oci:/abs/path:tag`).
+    pub cache_name: String,
 }
 
-#[derive(serde::Deserialize)]
-struct LayoutIndex {
-    #[serde(default)]
-    manifests: Vec<LayoutEntry>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LayoutEntry {
-    media_type: String,
-    digest: Digest,
-    size: u64,
-    #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
-}
-
-impl Layout {
+impl<F: LayoutFiles> OciSource<F> {
     fn err(&self, reason: impl Into<String>) -> Error {
         Error::Layout {
-            layout: self.path.display().to_string(),
+            layout: self.files.name(),
             reason: reason.into(),
         }
-    }
-
-    fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.path
-            .join("blobs")
-            .join(d.algorithm().as_str())
-            .join(d.hex())
-    }
-
-    fn open(&self, d: &Digest, size: u64) -> Result<std::fs::File, Error> {
-        let p = self.blob_path(d);
-        let f = std::fs::File::open(&p).map_err(|e| self.err(format!("blob {d}: {e}")))?;
-        let len = f.metadata().map_err(|e| self.err(e.to_string()))?.len();
-        if len != size {
-            return Err(Error::Blob {
-                image: self.path.display().to_string(),
-                source: hoist_store::StoreError::SizeMismatch {
-                    digest: d.clone(),
-                    expected: size,
-                    actual: len,
-                },
-            });
-        }
-        Ok(f)
     }
 
     fn read_manifest(
@@ -182,17 +259,14 @@ impl Layout {
                 self.max_manifest_size
             )));
         }
-        let mut bytes = Vec::with_capacity(size as usize);
-        self.open(d, size)?
-            .read_to_end(&mut bytes)
-            .map_err(|e| self.err(e.to_string()))?;
-        let actual = Digest::of(d.algorithm(), &bytes);
-        if &actual != d {
+        let bytes = self.files.read(d, self.max_manifest_size)?;
+        if bytes.len() as u64 != size {
             return Err(Error::Blob {
-                image: self.path.display().to_string(),
-                source: hoist_store::StoreError::DigestMismatch {
-                    expected: d.clone(),
-                    actual,
+                image: self.files.name(),
+                source: hoist_store::StoreError::SizeMismatch {
+                    digest: d.clone(),
+                    expected: size,
+                    actual: bytes.len() as u64,
                 },
             });
         }
@@ -204,39 +278,40 @@ impl Layout {
     }
 }
 
-fn read_layout_index(path: &Path) -> Result<Vec<LayoutEntry>, String> {
-    let bytes = std::fs::read(path.join("index.json"))
-        .map_err(|e| format!("not an OCI image layout (index.json: {e})"))?;
-    let idx: LayoutIndex =
-        serde_json::from_slice(&bytes).map_err(|e| format!("index.json is malformed: {e}"))?;
-    Ok(idx.manifests)
+/// Whether an index entry answers to `tag`: its ref name, or the full name
+/// (`io.containerd.image.name`) or its tag.
+fn entry_matches(e: &LayoutEntry, tag: &str) -> bool {
+    if e.ref_name() == Some(tag) {
+        return true;
+    }
+    let full = e.annotations.get("io.containerd.image.name");
+    let norm = |s: &str| s.parse::<Reference>().ok().map(|r| r.to_string());
+    match (full, norm(tag)) {
+        (Some(f), Some(t)) => norm(f).as_deref() == Some(t.as_str()),
+        _ => false,
+    }
 }
 
-impl Fetcher for Layout {
+impl<F: LayoutFiles> Fetcher for OciSource<F> {
     fn pinned(&self) -> Option<Digest> {
         None
     }
     fn root(&self) -> Result<RawManifest, Error> {
-        let entries = read_layout_index(&self.path).map_err(|r| self.err(r))?;
-        let tag_of = |e: &LayoutEntry| {
-            e.annotations
-                .get("org.opencontainers.image.ref.name")
-                .cloned()
-        };
+        let entries = self.files.entries()?;
         let entry = match &self.tag {
-            Some(t) => entries.iter().find(|e| tag_of(e).as_deref() == Some(t)),
+            Some(t) => entries.iter().find(|e| entry_matches(e, t)),
             None if entries.len() == 1 => entries.first(),
             None => {
                 return Err(self.err(format!(
-                    "holds {} images; name one with oci:PATH:TAG",
+                    "holds {} images; name one with :TAG",
                     entries.len()
                 )))
             }
         };
         let Some(entry) = entry else {
-            let available: Vec<String> = entries.iter().filter_map(tag_of).collect();
+            let available: Vec<&str> = entries.iter().filter_map(|e| e.ref_name()).collect();
             return Err(Error::LayoutTagNotFound {
-                layout: self.path.display().to_string(),
+                layout: self.files.name(),
                 tag: self.tag.clone().unwrap_or_default(),
                 available: if available.is_empty() {
                     "none".into()
@@ -251,16 +326,12 @@ impl Fetcher for Layout {
         self.read_manifest(&d.digest, d.size, Some(&d.media_type))
     }
     fn blob(&self, d: &Descriptor, sink: &mut dyn BlobSink) -> Result<(), Error> {
-        let mut f = self.open(&d.digest, d.size)?;
-        std::io::copy(&mut (&mut f).take(d.size), sink)
+        let f = self.files.open(&d.digest, d.size)?;
+        std::io::copy(&mut f.take(d.size), sink)
             .map_err(|e| self.err(format!("copying blob {}: {e}", d.digest)))?;
         Ok(())
     }
     fn cache_name(&self) -> Option<String> {
-        let abs = std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone());
-        Some(match &self.tag {
-            Some(t) => format!("oci:{}:{t}", abs.display()),
-            None => format!("oci:{}", abs.display()),
-        })
+        Some(self.cache_name.clone())
     }
 }

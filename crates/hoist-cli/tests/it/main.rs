@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod archives;
 mod auth;
 mod cli;
 mod erofs_fields;
