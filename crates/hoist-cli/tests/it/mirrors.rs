@@ -49,9 +49,23 @@ fn a_pull_through_cache_serves_later_pulls_and_a_stopped_one_falls_back_to_upstr
     let by_tag = format!("{}/{repo}:v1", up.host);
     let by_digest = format!("{}/{repo}@{}", up.host, img.manifest.digest());
 
-    // Cold: the mirror fills itself from upstream.
+    // Cold: the mirror fills itself from upstream; -v names the host that
+    // served each blob.
     let h = Hoist::new();
-    let v = json(&h.ok(&["--json", "--hosts-dir", dir, "pull", &by_tag]));
+    let out = h
+        .cmd()
+        .args(["-v", "--json", "--hosts-dir", dir, "pull", &by_tag])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for l in &img.layers {
+        assert!(
+            err.contains(&format!("blob {} ", l.digest())) && err.contains(&format!("from {}", mirror.host)),
+            "{err}"
+        );
+    }
+    let v = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(v["digest"], img.manifest.digest());
     assert!(
         v["bytes_by_host"][&mirror.host].as_u64().unwrap() > 600 << 10,
@@ -203,6 +217,51 @@ fn a_tag_is_never_resolved_through_a_mirror_without_resolve() {
     let got = h2.ok(&["--hosts-dir", trusted.path().to_str().unwrap(), "pull", &r]);
     assert_eq!(got.trim(), other.manifest.digest());
     decoy.stop();
+}
+
+#[test]
+fn a_mirror_never_receives_the_upstream_credentials() {
+    // Upstream: the TLS registry with basic auth, its credentials given on
+    // the command line; the mirror (which has nothing) is asked first.
+    let regs = registries();
+    let up = &regs.tls;
+    let repo = unique_repo("creds");
+    let img = sample_image(906, 64);
+    up.push_image(&repo, "v1", &img);
+    // The mirror asks for credentials: hoist has none for it, and must not
+    // offer the upstream's.
+    let mirror = FaultRegistry::start();
+    mirror.add_image("v1", &img);
+    mirror.set(|p| p.require_basic = true);
+    let conf = tempfile::tempdir().unwrap();
+    let d = conf.path().join(&up.host);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("hosts.toml"),
+        format!(
+            "server = \"https://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            up.host,
+            mirror.host()
+        ),
+    )
+    .unwrap();
+    let h = Hoist::new();
+    let creds = format!("{}:{}", crate::harness::registry::USER, crate::harness::registry::PASS);
+    let got = h.ok(&[
+        "--hosts-dir",
+        conf.path().to_str().unwrap(),
+        "--ca-cert",
+        regs.ca_pem.to_str().unwrap(),
+        "--creds",
+        &creds,
+        "pull",
+        &format!("{}/{repo}:v1", up.host),
+    ]);
+    assert_eq!(got.trim(), img.manifest.digest());
+    let asked = mirror.requests("manifests");
+    assert!(!asked.is_empty(), "the mirror was not tried");
+    let all: Vec<String> = mirror.log.lock().unwrap().clone();
+    assert!(all.iter().all(|l| l.ends_with("auth=-")), "{all:?}");
 }
 
 #[test]

@@ -40,6 +40,9 @@ pub struct Plan {
     pub chunk_delay: Duration,
     /// Hang this long before answering the next N blob requests.
     pub stall: Option<(usize, Duration)>,
+    /// Answer requests without an Authorization header with a Basic
+    /// challenge (401).
+    pub require_basic: bool,
 }
 
 pub struct FaultRegistry {
@@ -151,14 +154,19 @@ fn handle(
     content: &Mutex<Content>,
 ) {
     log.lock().unwrap().push(format!(
-        "{} {} range={}",
+        "{} {} range={} auth={}",
         req.method,
         req.path,
-        req.header("range").unwrap_or("-")
+        req.header("range").unwrap_or("-"),
+        req.header("authorization").map_or("-", |_| "yes")
     ));
     let mut p = plan.lock().unwrap();
     if req.path == "/v2/" {
         return respond(s, 200, &[], b"{}");
+    }
+    if p.require_basic && req.header("authorization").is_none() {
+        let challenge = ("WWW-Authenticate", "Basic realm=\"fault\"".to_string());
+        return respond_error(s, 401, "UNAUTHORIZED", &[challenge]);
     }
     if take(&mut p.rate_limit) {
         let ra = p.retry_after_secs.to_string();
