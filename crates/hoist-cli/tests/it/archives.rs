@@ -49,6 +49,36 @@ fn archives_written_by_skopeo_and_buildah_pull_unpack_and_export_like_the_regist
         .arg(format!("docker://{r}"))
         .arg(format!("oci-archive:{}:v1", oci.display())));
 
+    // Docker 25+'s `docker save`: an OCI layout (index.json naming the
+    // image in containerd's annotation) plus the legacy manifest.json.
+    let d25 = w.join("d25");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{r}"))
+        .arg(format!("oci:{}:v1", d25.display())));
+    let mut idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d25.join("index.json")).unwrap()).unwrap();
+    idx["manifests"][0]["annotations"]["io.containerd.image.name"] =
+        format!("docker.io/{repo}:v1").into();
+    std::fs::write(d25.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
+    let legacy = serde_json::json!([{
+        "Config": format!("blobs/sha256/{}", img.config.digest().trim_start_matches("sha256:")),
+        "RepoTags": [format!("{repo}:v1")],
+        "Layers": img.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest().trim_start_matches("sha256:"))).collect::<Vec<_>>(),
+    }]);
+    std::fs::write(
+        d25.join("manifest.json"),
+        serde_json::to_vec(&legacy).unwrap(),
+    )
+    .unwrap();
+    let docker25 = w.join("d25.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&docker25)
+        .arg("-C")
+        .arg(&d25)
+        .arg("."));
+
     let h = Hoist::new();
     let want = tree_of(&h, &r, &w.join("from-registry"));
     let inspect = |h: &Hoist, src: &str| -> serde_json::Value {
@@ -60,6 +90,7 @@ fn archives_written_by_skopeo_and_buildah_pull_unpack_and_export_like_the_regist
         format!("docker-archive:{}", docker.display()),
         format!("docker-archive:{}:{repo}:v1", docker.display()),
         format!("oci-archive:{}:v1", oci.display()),
+        format!("docker-archive:{}:{repo}:v1", docker25.display()),
     ];
     if is_root() {
         // buildah pushes its own copy of the image to a docker archive.

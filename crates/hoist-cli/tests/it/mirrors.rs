@@ -61,7 +61,8 @@ fn a_pull_through_cache_serves_later_pulls_and_a_stopped_one_falls_back_to_upstr
     assert!(out.status.success(), "{err}");
     for l in &img.layers {
         assert!(
-            err.contains(&format!("blob {} ", l.digest())) && err.contains(&format!("from {}", mirror.host)),
+            err.contains(&format!("blob {} ", l.digest()))
+                && err.contains(&format!("from {}", mirror.host)),
             "{err}"
         );
     }
@@ -246,7 +247,11 @@ fn a_mirror_never_receives_the_upstream_credentials() {
     )
     .unwrap();
     let h = Hoist::new();
-    let creds = format!("{}:{}", crate::harness::registry::USER, crate::harness::registry::PASS);
+    let creds = format!(
+        "{}:{}",
+        crate::harness::registry::USER,
+        crate::harness::registry::PASS
+    );
     let got = h.ok(&[
         "--hosts-dir",
         conf.path().to_str().unwrap(),
