@@ -17,8 +17,16 @@ pub fn label(s: &str) -> StatusLabel {
     StatusLabel { status: s.into() }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    /// Pulls that got no answer from a registry, by why (timeout,
+    /// connect, tls, reset, other).
+    pub registry_unreachable: Family<KindLabel, Counter>,
     pub build_duration: Family<StatusLabel, Histogram>,
     pub pulls: Family<StatusLabel, Counter>,
     pub queue_length: Gauge,
@@ -38,6 +46,12 @@ impl Metrics {
         let images = Family::<StatusLabel, Gauge>::default();
         let images_bytes = Gauge::default();
         let cache_bytes = Gauge::default();
+        let registry_unreachable = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "registry_unreachable",
+            "Pulls that got no answer from a registry, by why",
+            registry_unreachable.clone(),
+        );
         registry.register_with_unit(
             "images_build_duration",
             "Time a build took, by final status",
@@ -69,6 +83,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            registry_unreachable,
             build_duration,
             pulls,
             queue_length,

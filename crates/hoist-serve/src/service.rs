@@ -336,7 +336,22 @@ impl Service {
         let op = Op::new().with_limits(self.opts.limits);
         self.client
             .inspect(&ImageSource::Registry(r.clone()), &op)
-            .map_err(|e| api_error(&e))
+            .map_err(|e| {
+                self.count_unreachable(&e);
+                api_error(&e)
+            })
+    }
+
+    /// Count a registry that gave no answer, by why.
+    fn count_unreachable(&self, e: &hoist::Error) {
+        if let Some(k) = e.transport_kind() {
+            self.metrics
+                .registry_unreachable
+                .get_or_create(&crate::metrics::KindLabel {
+                    kind: k.as_str().into(),
+                })
+                .inc();
+        }
     }
 
     /// `POST /images`, after resolution: idempotent by digest.
@@ -601,6 +616,9 @@ impl Service {
             .pulls
             .get_or_create(&label(if pulled.is_ok() { "ok" } else { "failed" }))
             .inc();
+        if let Err(e) = &pulled {
+            self.count_unreachable(e);
+        }
         let r = pulled.map_err(fail).and_then(|_| {
             self.set_status(digest, Status::Converting)?;
             let out = self.disk_path(&row.repo, digest);

@@ -101,6 +101,15 @@ fn store_kind(e: &StoreError) -> ErrorKind {
 }
 
 impl Error {
+    /// For a registry that gave no answer, why (timeout, connect, TLS,
+    /// reset), from the transport error kept as the source.
+    pub fn transport_kind(&self) -> Option<hoist_registry::TransportKind> {
+        match self {
+            Error::Registry(e) => e.transport_kind(),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         use hoist_registry::ErrorKind as R;
         match self {

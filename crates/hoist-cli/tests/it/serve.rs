@@ -438,6 +438,21 @@ fn serve_refuses_registries_outside_the_allowed_list_and_link_local_ones() {
             "{n}"
         );
     }
+    // A registry that is not there: 502, counted by why in /metrics.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (st, e) = s.create(&format!("127.0.0.1:{port}/x/y:z"));
+    assert_eq!(
+        (st, e["code"].clone()),
+        (502, json!("registry_unavailable"))
+    );
+    assert_eq!(
+        s.metric("hoist_registry_unreachable_total{kind=\"connect\"}"),
+        Some(1.0),
+        "{}",
+        s.text("/metrics")
+    );
 }
 
 /// In a network namespace with only loopback, a server that failed to
