@@ -270,6 +270,67 @@ fn a_mirror_never_receives_the_upstream_credentials() {
 }
 
 #[test]
+fn a_tls_mirror_is_trusted_through_its_own_ca_and_gets_its_own_credentials() {
+    use base64::Engine;
+    // The image is only on the TLS registry (basic auth), configured as a
+    // mirror of the plain one with its own `ca`; its credentials come from
+    // the docker config under the mirror's own name. No --ca-cert.
+    let regs = registries();
+    let (up, tls) = (&regs.plain, &regs.tls);
+    let repo = unique_repo("tlsmirror");
+    let img = sample_image(907, 64);
+    tls.push_image(&repo, "v1", &img);
+    let conf = tempfile::tempdir().unwrap();
+    let write = |extra: &str| {
+        let d = conf.path().join(&up.host);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("hosts.toml"),
+            format!(
+                "server = \"http://{}\"\n\n[host.\"https://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n{extra}",
+                up.host, tls.host
+            ),
+        )
+        .unwrap();
+    };
+    let h = Hoist::new();
+    let dc = h.home.path().join("docker");
+    std::fs::create_dir_all(&dc).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        crate::harness::registry::USER,
+        crate::harness::registry::PASS
+    ));
+    std::fs::write(
+        dc.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, tls.host),
+    )
+    .unwrap();
+    let env = [("DOCKER_CONFIG", dc.as_os_str())];
+    let r = format!("{}/{repo}:v1", up.host);
+    let args = ["--hosts-dir", conf.path().to_str().unwrap(), "pull", &r];
+    // Without the mirror's CA its certificate is refused, the upstream has
+    // no such image: not found.
+    write("");
+    let out = h.cmd().envs(env).args(args).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for extra in [
+        format!("  ca = \"{}\"\n", regs.ca_pem.display()),
+        "  skip_verify = true\n".to_string(),
+    ] {
+        write(&extra);
+        let h2 = Hoist::new();
+        let got = h2.ok_env(&env, &args);
+        assert_eq!(got.trim(), img.manifest.digest(), "with {extra}");
+    }
+}
+
+#[test]
 fn one_retry_budget_covers_every_loop_of_a_request() {
     // Two 503s, then bodies cut short after 100 bytes, again and again (the
     // server ignores Range): with the retry loops nested, --retries 3 used
