@@ -13,7 +13,7 @@ mod service;
 mod state;
 
 pub use api::{OPENAPI, ROUTES};
-pub use service::{glob_match, ServeOptions};
+pub use service::{glob_match, rfc3339, ServeOptions};
 pub use state::Status;
 
 /// Why the server would not start.

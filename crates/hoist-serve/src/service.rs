@@ -142,11 +142,16 @@ fn format_name(f: Format) -> &'static str {
 }
 
 fn now_rfc3339() -> String {
-    // RFC 3339 in UTC without a date crate: days from the civil calendar.
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    rfc3339(secs)
+}
+
+/// A Unix time as RFC 3339 in UTC (`2023-11-14T22:13:20Z`), without a date
+/// crate: days from the civil calendar (Howard Hinnant's algorithm).
+pub fn rfc3339(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

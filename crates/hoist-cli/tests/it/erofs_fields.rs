@@ -105,25 +105,12 @@ pub fn headers(gz_layer: &[u8]) -> BTreeMap<String, Want> {
     out
 }
 
-/// `YYYY-MM-DD HH:MM:SS` of a Unix time, UTC.
+/// `YYYY-MM-DD HH:MM:SS` of a Unix time, UTC, as dump.erofs prints it.
 fn utc(t: u64) -> String {
-    let (days, secs) = ((t / 86_400) as i64, t % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    hoist_serve::rfc3339(t as i64)
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_string()
 }
 
 /// `dump.erofs --path` agrees with the headers on every field it prints.

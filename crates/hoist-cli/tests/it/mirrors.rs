@@ -28,6 +28,14 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
 
+/// `hoist -v --json ARGS` must succeed: its JSON and its log.
+fn verbose(h: &Hoist, args: &[&str]) -> (serde_json::Value, String) {
+    let out = h.cmd().args(["-v", "--json"]).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    (json(&String::from_utf8_lossy(&out.stdout)), err)
+}
+
 #[test]
 fn a_pull_through_cache_serves_later_pulls_and_a_stopped_one_falls_back_to_upstream() {
     let up = &registries().plain;
@@ -52,13 +60,7 @@ fn a_pull_through_cache_serves_later_pulls_and_a_stopped_one_falls_back_to_upstr
     // Cold: the mirror fills itself from upstream; -v names the host that
     // served each blob.
     let h = Hoist::new();
-    let out = h
-        .cmd()
-        .args(["-v", "--json", "--hosts-dir", dir, "pull", &by_tag])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (v, err) = verbose(&h, &["--hosts-dir", dir, "pull", &by_tag]);
     for l in &img.layers {
         assert!(
             err.contains(&format!("blob {} ", l.digest()))
@@ -66,7 +68,6 @@ fn a_pull_through_cache_serves_later_pulls_and_a_stopped_one_falls_back_to_upstr
             "{err}"
         );
     }
-    let v = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(v["digest"], img.manifest.digest());
     assert!(
         v["bytes_by_host"][&mirror.host].as_u64().unwrap() > 600 << 10,
@@ -113,14 +114,7 @@ fn a_pull_through_cache_serves_later_pulls_and_a_stopped_one_falls_back_to_upstr
     // The mirror goes away: pulls fall back to upstream and succeed.
     mirror.stop();
     let h4 = Hoist::new();
-    let out = h4
-        .cmd()
-        .args(["-v", "--json", "--hosts-dir", dir, "pull", &by_tag])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let v = json(&String::from_utf8_lossy(&out.stdout));
+    let (v, err) = verbose(&h4, &["--hosts-dir", dir, "pull", &by_tag]);
     assert!(
         v["bytes_by_host"][&up.host].as_u64().unwrap() > 600 << 10,
         "{v}"
@@ -148,15 +142,11 @@ fn a_mirror_that_sends_wrong_bytes_is_skipped_and_nothing_bad_is_cached() {
         &[(&format!("http://{}", bad.host()), r#"["pull"]"#)],
     );
     let h = Hoist::new();
-    let out = h
-        .cmd()
-        .args(["--json", "--hosts-dir"])
-        .arg(conf.path())
-        .args(["pull", &format!("{}/{repo}:v1", up.host)])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let r = format!("{}/{repo}:v1", up.host);
+    let (v, err) = verbose(
+        &h,
+        &["--hosts-dir", conf.path().to_str().unwrap(), "pull", &r],
+    );
     assert!(
         err.contains("wrong bytes") && err.contains(&bad.host()),
         "{err}"
@@ -165,7 +155,6 @@ fn a_mirror_that_sends_wrong_bytes_is_skipped_and_nothing_bad_is_cached() {
         !bad.requests("blobs").is_empty(),
         "the mirror was never asked"
     );
-    let v = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(v["digest"], img.manifest.digest());
     assert!(h.assert_blobs_verified() >= 4);
     h.ok(&["fsck"]);

@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::tests::{build_with, fsck, mount};
+use super::tests::{build_with, check_mounted, fsck};
 use super::ErofsOptions;
-use crate::ext4::tests::{assert_sample_tree, random_stack, sample, skip, tool, Layer};
+use crate::ext4::tests::{assert_sample_tree, random_stack, sample, tool, Layer};
 
 fn text(n: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(n + 64);
@@ -123,20 +123,8 @@ fn lz4_images_hold_every_kind_of_chunk_and_read_back_exactly() {
         // checked below).
         check_files(&out, false);
     }
-    if !rustix::process::geteuid().is_root() {
-        skip("mounting needs root");
-        return;
-    }
     for im in [&img, &plain] {
-        let mnt = tmp.path().join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        if !mount(im, &mnt) {
-            skip("the erofs loop mount failed");
-            return;
-        }
-        let r = std::panic::catch_unwind(|| check_files(&mnt, true));
-        let _ = Command::new("umount").arg(&mnt).status();
-        r.unwrap();
+        check_mounted(im, tmp.path(), |mnt| check_files(mnt, true));
     }
 }
 
@@ -149,19 +137,7 @@ fn lz4_sample_image_reads_back_through_the_kernel() {
     if !fsck(&img) {
         return;
     }
-    if !rustix::process::geteuid().is_root() {
-        skip("mounting needs root");
-        return;
-    }
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    if !mount(&img, &mnt) {
-        skip("the erofs loop mount failed");
-        return;
-    }
-    let r = std::panic::catch_unwind(|| assert_sample_tree(&mnt));
-    let _ = Command::new("umount").arg(&mnt).status();
-    r.unwrap();
+    check_mounted(&img, tmp.path(), assert_sample_tree);
 }
 
 #[test]

@@ -48,6 +48,31 @@ pub(super) fn mount(img: &Path, mnt: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// As root, mount `img` on `tmp/mnt` and run `check` on the mounted tree,
+/// unmounting whatever happens. False when mounting cannot run here (it
+/// says SKIPPED, and fails under CI).
+pub(super) fn check_mounted(
+    img: &Path,
+    tmp: &Path,
+    check: impl FnOnce(&Path) + std::panic::UnwindSafe,
+) -> bool {
+    if !rustix::process::geteuid().is_root() {
+        skip("mounting needs root");
+        return false;
+    }
+    let mnt = tmp.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    if !mount(img, &mnt) {
+        skip("the erofs loop mount failed");
+        return false;
+    }
+    let m = mnt.clone();
+    let r = std::panic::catch_unwind(move || check(&m));
+    let _ = Command::new("umount").arg(&mnt).status();
+    r.unwrap();
+    true
+}
+
 /// `dump.erofs --path=P` of the image.
 fn dump(img: &Path, p: &str) -> String {
     tool(

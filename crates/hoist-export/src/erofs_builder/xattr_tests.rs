@@ -3,10 +3,9 @@
 //! set far past one block.
 
 use std::path::Path;
-use std::process::Command;
 
-use super::tests::{build, fsck, mount};
-use crate::ext4::tests::{skip, Layer};
+use super::tests::{build, check_mounted, fsck};
+use crate::ext4::tests::Layer;
 
 const CAP: &[u8] = &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
@@ -76,17 +75,7 @@ fn shared_and_large_inline_xattrs_read_back_through_the_kernel() {
     if !fsck(&img) {
         return;
     }
-    if !rustix::process::geteuid().is_root() {
-        skip("mounting needs root");
-        return;
-    }
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    if !mount(&img, &mnt) {
-        skip("the erofs loop mount failed");
-        return;
-    }
-    let r = std::panic::catch_unwind(|| {
+    check_mounted(&img, tmp.path(), |mnt| {
         for i in [0, 57, 99] {
             let p = mnt.join(format!("bin/tool{i:03}"));
             assert_eq!(get(&p, "security.capability"), CAP);
@@ -104,6 +93,4 @@ fn shared_and_large_inline_xattrs_read_back_through_the_kernel() {
         assert_eq!(get(&dir, "trusted.overlay.opaque"), b"y");
         assert_eq!(std::fs::read(dir.join("inside")).unwrap(), b"x");
     });
-    let _ = Command::new("umount").arg(&mnt).status();
-    r.unwrap();
 }
