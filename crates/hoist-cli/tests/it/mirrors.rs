@@ -320,6 +320,144 @@ fn a_tls_mirror_is_trusted_through_its_own_ca_and_gets_its_own_credentials() {
 }
 
 #[test]
+fn a_mirror_that_times_out_is_left_for_upstream() {
+    let up = &registries().plain;
+    let repo = unique_repo("slowmirror");
+    let img = sample_image(908, 64);
+    up.push_image(&repo, "v1", &img);
+    // The mirror has the image but hangs before every blob.
+    let slow = FaultRegistry::start();
+    slow.add_image("v1", &img);
+    slow.set(|p| p.stall = Some((100, std::time::Duration::from_secs(20))));
+    let conf = tempfile::tempdir().unwrap();
+    hosts_dir(
+        conf.path(),
+        &up.host,
+        &[(&format!("http://{}", slow.host()), r#"["pull"]"#)],
+    );
+    let h = Hoist::new();
+    let t = std::time::Instant::now();
+    let r = format!("{}/{repo}:v1", up.host);
+    let (v, err) = verbose(
+        &h,
+        &[
+            "--timeout",
+            "1",
+            "--concurrency",
+            "4",
+            "--hosts-dir",
+            conf.path().to_str().unwrap(),
+            "pull",
+            &r,
+        ],
+    );
+    assert_eq!(v["digest"], img.manifest.digest());
+    assert!(t.elapsed().as_secs() < 15, "{:?}", t.elapsed());
+    assert!(
+        err.contains(&slow.host()) && err.contains("trying"),
+        "{err}"
+    );
+    h.assert_blobs_verified();
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as
+/// PEM files in `dir` (ca.crt, server.crt/.key, client.cert/.key: the names
+/// skopeo's --cert-dir expects too).
+fn mtls_certs(dir: &Path) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "hoist mtls CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let srv_key = rcgen::KeyPair::generate().unwrap();
+    let mut srv = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    srv.subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let srv = srv.signed_by(&srv_key, &ca, &ca_key).unwrap();
+    let cl_key = rcgen::KeyPair::generate().unwrap();
+    let mut cl = rcgen::CertificateParams::new(vec!["hoist-client".to_string()]).unwrap();
+    cl.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cl = cl.signed_by(&cl_key, &ca, &ca_key).unwrap();
+    for (name, pem) in [
+        ("ca.crt", ca.pem()),
+        ("server.crt", srv.pem()),
+        ("server.key", srv_key.serialize_pem()),
+        ("client.cert", cl.pem()),
+        ("client.key", cl_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+}
+
+#[test]
+fn a_mirror_that_wants_a_client_certificate_gets_the_one_hosts_toml_names() {
+    let up = &registries().plain;
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path();
+    mtls_certs(c);
+    let mirror = start_extra(
+        "mtls",
+        &format!(
+            "  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n    clientcas:\n      - {d}/ca.crt\n",
+            d = c.display()
+        ),
+    );
+    // The image is only on the mirror; skopeo pushes it with the client
+    // certificate from the same directory.
+    let repo = unique_repo("mtls");
+    let skopeo_certs = tempfile::tempdir().unwrap();
+    for f in ["ca.crt", "client.cert", "client.key"] {
+        std::fs::copy(c.join(f), skopeo_certs.path().join(f)).unwrap();
+    }
+    let o = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-cert-dir"])
+        .arg(skopeo_certs.path())
+        .arg(format!(
+            "oci:{}/../../examples/hello:latest",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(format!("docker://{}/{repo}:v1", mirror.host))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conf = tempfile::tempdir().unwrap();
+    let write = |client: &str| {
+        let d = conf.path().join(&up.host);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("hosts.toml"),
+            format!(
+                "server = \"http://{}\"\n\n[host.\"https://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{}\"\n{client}",
+                up.host,
+                mirror.host,
+                c.join("ca.crt").display()
+            ),
+        )
+        .unwrap();
+    };
+    let r = format!("{}/{repo}:v1", up.host);
+    let args = ["--hosts-dir", conf.path().to_str().unwrap(), "pull", &r];
+    // No client certificate: the mirror's handshake fails, upstream has no
+    // such image.
+    write("");
+    Hoist::new().fails(&args, 3);
+    write(&format!(
+        "  client = [[\"{}\", \"{}\"]]\n",
+        c.join("client.cert").display(),
+        c.join("client.key").display()
+    ));
+    let h = Hoist::new();
+    let (v, _) = verbose(&h, &args);
+    assert!(
+        v["bytes_by_host"][&mirror.host].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    h.assert_blobs_verified();
+    mirror.stop();
+}
+
+#[test]
 fn one_retry_budget_covers_every_loop_of_a_request() {
     // Two 503s, then bodies cut short after 100 bytes, again and again (the
     // server ignores Range): with the retry loops nested, --retries 3 used
