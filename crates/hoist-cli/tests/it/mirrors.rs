@@ -136,11 +136,18 @@ fn a_mirror_that_sends_wrong_bytes_is_skipped_and_nothing_bad_is_cached() {
     bad.add_image("v1", &img);
     bad.set(|p| p.wrong_bytes = true);
     let conf = tempfile::tempdir().unwrap();
+    // The host's headers from hosts.toml go with every request to it.
     hosts_dir(
         conf.path(),
         &up.host,
-        &[(&format!("http://{}", bad.host()), r#"["pull"]"#)],
+        &[(
+            &format!("http://{}", bad.host()),
+            "[\"pull\"]\n  [host.\"MIRROR\".header]\n    x-fleet = \"rack-7\"",
+        )],
     );
+    let f = conf.path().join(&up.host).join("hosts.toml");
+    let t = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, t.replace("MIRROR", &format!("http://{}", bad.host()))).unwrap();
     let h = Hoist::new();
     let r = format!("{}/{repo}:v1", up.host);
     let (v, err) = verbose(
@@ -151,9 +158,11 @@ fn a_mirror_that_sends_wrong_bytes_is_skipped_and_nothing_bad_is_cached() {
         err.contains("wrong bytes") && err.contains(&bad.host()),
         "{err}"
     );
+    let asked = bad.requests("blobs");
+    assert!(!asked.is_empty(), "the mirror was never asked");
     assert!(
-        !bad.requests("blobs").is_empty(),
-        "the mirror was never asked"
+        asked.iter().all(|l| l.contains("x-fleet=rack-7")),
+        "{asked:?}"
     );
     assert_eq!(v["digest"], img.manifest.digest());
     assert!(h.assert_blobs_verified() >= 4);

@@ -154,10 +154,11 @@ fn handle(
     content: &Mutex<Content>,
 ) {
     log.lock().unwrap().push(format!(
-        "{} {} range={} auth={}",
+        "{} {} range={} x-fleet={} auth={}",
         req.method,
         req.path,
         req.header("range").unwrap_or("-"),
+        req.header("x-fleet").unwrap_or("-"),
         req.header("authorization").map_or("-", |_| "yes")
     ));
     let mut p = plan.lock().unwrap();
