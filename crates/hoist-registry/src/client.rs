@@ -141,7 +141,8 @@ struct State {
     auth: HashMap<String, HostAuth>,
     tokens: HashMap<(String, String, String), Token>,
     creds: HashMap<String, Option<Credentials>>,
-    endpoints: HashMap<String, Arc<Vec<Endpoint>>>,
+    /// Each registry's endpoints and when they were resolved.
+    endpoints: HashMap<String, (Instant, Arc<Vec<Endpoint>>)>,
     tls_clients: HashMap<Tls, Client>,
 }
 
@@ -324,16 +325,22 @@ impl RegistryClient {
     }
 
     /// The endpoints of `r`'s registry, resolved once per client.
+    /// The endpoints of `r`'s registry, resolved again after a few seconds:
+    /// a long-running process (`hoist serve`) follows edits to `hosts.toml`
+    /// without a restart, as containerd does.
     pub(crate) fn endpoints(&self, r: &Reference) -> Result<Arc<Vec<Endpoint>>, RegistryError> {
-        if let Some(e) = self.state.lock().expect("lock").endpoints.get(r.registry()) {
-            return Ok(e.clone());
+        const FRESH: Duration = Duration::from_secs(5);
+        if let Some((at, e)) = self.state.lock().expect("lock").endpoints.get(r.registry()) {
+            if at.elapsed() < FRESH {
+                return Ok(e.clone());
+            }
         }
         let e = Arc::new(self.opts.resolver.endpoints(r.registry(), r.api_host())?);
         self.state
             .lock()
             .expect("lock")
             .endpoints
-            .insert(r.registry().to_string(), e.clone());
+            .insert(r.registry().to_string(), (Instant::now(), e.clone()));
         Ok(e)
     }
 
