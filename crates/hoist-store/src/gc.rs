@@ -234,6 +234,37 @@ impl Store {
         Ok(r)
     }
 
+    /// Delete those of `digests` that nothing keeps: no cache entry reaches
+    /// them and no running pull's lease names them (what an import that
+    /// failed halfway wrote). Under the index lock, like `gc`. Returns how
+    /// many were deleted.
+    pub fn discard(&self, digests: &[Digest]) -> Result<usize, StoreError> {
+        let root = self.root().to_path_buf();
+        let _l = index::lock(&root)?;
+        let idx = index::read(&root.join("index.json"))?;
+        let mut roots: Vec<Digest> = idx
+            .manifests
+            .iter()
+            .filter_map(|e| e.digest.parse().ok())
+            .collect();
+        let leases = root.join(".hoist").join("leases");
+        let (_, live) = crate::temp::scan(&leases).map_err(StoreError::io(&leases))?;
+        for p in &live {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            roots.extend(text.lines().filter_map(|l| l.parse::<Digest>().ok()));
+        }
+        let keep = self.reachable(roots);
+        let mut n = 0;
+        for d in digests {
+            let p = self.blob_path(d);
+            if !keep.contains(d) && p.exists() {
+                std::fs::remove_file(&p).map_err(StoreError::io(&p))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Every digest reachable from `roots`: manifests name their config and
     /// layers, indexes their manifests. A root that is not in the cache (a
     /// lease naming a blob still downloading) is kept all the same.

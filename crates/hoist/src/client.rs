@@ -563,13 +563,45 @@ impl Client {
         // is recorded: nothing this pull counts on can vanish meanwhile.
         let mut lease = self.store().lease()?;
         self.lease_image(&mut lease, &r)?;
+        let archive = matches!(
+            src,
+            ImageSource::OciArchive { .. } | ImageSource::DockerArchive { .. }
+        );
+        let mut image_digests = vec![digest.clone(), m.config.digest.clone()];
+        image_digests.extend(r.indexes.iter().map(|i| i.digest.clone()));
+        image_digests.extend(m.layers.iter().map(|l| l.descriptor.digest.clone()));
+        let filled = self.fill(f.as_ref(), r, lease, what, events, op);
+        if filled.is_err() && archive {
+            // A malformed archive leaves nothing behind: what it wrote
+            // before the failure goes, unless another image or a running
+            // pull keeps it.
+            if let Err(e) = self.store().discard(&image_digests) {
+                tracing::warn!("cleaning up after a failed import: {e}");
+            }
+        }
+        filled
+    }
+
+    /// The rest of a pull, under its lease: fetch what the cache lacks and
+    /// record the image.
+    fn fill(
+        &self,
+        f: &dyn Fetcher,
+        r: Resolved,
+        lease: Lease,
+        what: String,
+        events: &dyn PullEvents,
+        op: &Op,
+    ) -> Result<(Pulled, ImageManifest, ImageConfig, Lease), Error> {
+        let digest = r.raw.digest.clone();
+        let m = &r.manifest;
         let complete = self.store().has_image(&digest)?
             && self.store().has_blob(&m.config.digest, m.config.size)
             && m.layers.iter().all(|l| {
                 self.store()
                     .has_blob(&l.descriptor.digest, l.descriptor.size)
             });
-        let cfg = self.config(f.as_ref(), m, &what, op)?;
+        let cfg = self.config(f, m, &what, op)?;
         self.check_platform(&r, &cfg, &what, op)?;
         events.resolved(m, &cfg)?;
         let mut fetched = 0;
@@ -594,7 +626,7 @@ impl Client {
             }
             fetched = todo.len();
             bytes = todo.iter().map(|d| d.size).sum();
-            self.fetch_all(f.as_ref(), &todo, &what, events, op)?;
+            self.fetch_all(f, &todo, &what, events, op)?;
             for idx in &r.indexes {
                 self.store().write_blob(&idx.digest, &idx.bytes)?;
             }

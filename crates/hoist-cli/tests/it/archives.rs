@@ -203,14 +203,15 @@ fn a_legacy_docker_save_archive_is_checked_against_its_config_and_unpacks() {
     assert!(e.contains("legacy/app:v1"), "{e}");
 }
 
-/// The cache after a refused archive: no image, no temp file, fsck clean,
-/// and no blob of what was refused.
+/// The cache after a refused archive: no image, no blob, no temp file,
+/// fsck clean.
 fn nothing_cached(h: &Hoist) {
     let images = h.ok(&["images"]);
     assert_eq!(images.lines().count(), 1, "{images}");
     h.ok(&["fsck"]);
     let left = crate::harness::hoist_leftovers(h.home.path());
     assert!(left.is_empty(), "left {left:?}");
+    assert_eq!(h.assert_blobs_verified(), 0, "blobs were left in the cache");
 }
 
 #[test]
@@ -295,12 +296,20 @@ fn malformed_archives_get_a_clear_error_and_leave_nothing_in_the_cache() {
         6,
     );
     assert!(e.contains(&layer), "{e}");
+    // The manifest, the config and the good layers written before the bad
+    // one are gone too.
     nothing_cached(&h);
-    assert!(
-        !h.layout()
-            .join("blobs/sha256")
-            .join(layer.trim_start_matches("sha256:"))
-            .exists(),
-        "the corrupt layer reached the cache"
-    );
+
+    // An OCI archive without one of its layers.
+    std::fs::remove_file(&blob).unwrap();
+    let holed = w.path().join("holed.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&holed)
+        .arg("-C")
+        .arg(&good)
+        .arg("."));
+    let e = h.fails(&["pull", &format!("oci-archive:{}:v1", holed.display())], 1);
+    assert!(e.contains("missing"), "{e}");
+    nothing_cached(&h);
 }
