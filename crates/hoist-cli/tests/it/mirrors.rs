@@ -494,3 +494,41 @@ fn one_retry_budget_covers_every_loop_of_a_request() {
     assert!(e.contains("budget/img"), "{e}");
     assert_eq!(f.requests("blobs").len(), 3, "{:?}", f.requests("blobs"));
 }
+
+#[test]
+fn hoist_serve_builds_through_a_pull_through_cache() {
+    let up = &registries().plain;
+    let repo = unique_repo("servemirror");
+    let img = sample_image(909, 128);
+    up.push_image(&repo, "v1", &img);
+    let mirror = start_extra(
+        "serve-proxy",
+        &format!("proxy:\n  remoteurl: http://{}\n", up.host),
+    );
+    let conf = tempfile::tempdir().unwrap();
+    let all = r#"["pull", "resolve"]"#;
+    hosts_dir(
+        conf.path(),
+        &up.host,
+        &[(&format!("http://{}", mirror.host), all)],
+    );
+    let h = Hoist::new();
+    let data = h.home.path().to_path_buf();
+    let s = crate::harness::server::Server::start(
+        &h,
+        &data,
+        None,
+        &["--hosts-dir", conf.path().to_str().unwrap()],
+    );
+    let name = format!("{}/{repo}:v1", up.host);
+    assert_eq!(s.create(&name).0, 202);
+    let recs = s.wait_ready(&[&name], std::time::Duration::from_secs(60));
+    assert_eq!(recs[0]["digest"], img.manifest.digest());
+    // Every layer came through the mirror.
+    mirror.settle();
+    let got = mirror.requests(&repo, "blobs");
+    for l in &img.layers {
+        assert!(got.iter().any(|r| r.contains(&l.digest())), "{got:?}");
+    }
+    mirror.stop();
+}
