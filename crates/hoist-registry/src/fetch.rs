@@ -196,7 +196,10 @@ impl RegistryClient {
             }
             let base = sink.written();
             let mut broken = None;
+            // More bytes than the descriptor says: never a transient fault.
+            let mut oversize = false;
             if resp.content_length().is_some_and(|len| base + len > size) {
+                oversize = true;
                 broken = Some(format!(
                     "{} announced more than the blob's {size} bytes",
                     ep.host
@@ -213,6 +216,7 @@ impl RegistryClient {
                 match resp.read(&mut buf[..want]) {
                     Ok(0) => break,
                     Ok(n) if n as u64 > remaining => {
+                        oversize = true;
                         broken = Some(format!("{} sent more than {size} bytes", ep.host));
                     }
                     Ok(n) => {
@@ -259,7 +263,7 @@ impl RegistryClient {
                 from += 1;
                 continue;
             }
-            if sink.written() > size || why.contains("more than") {
+            if oversize {
                 return Err(RegistryError::SizeMismatch {
                     ctx,
                     digest: digest.clone(),
