@@ -166,27 +166,20 @@ impl Store {
             dry_run,
             ..GcReport::default()
         };
-        let idx = index::read(&root.join("index.json"))?;
-        let mut roots: Vec<Digest> = idx
-            .manifests
-            .iter()
-            .filter_map(|e| e.digest.parse().ok())
-            .collect();
-        let recorded: HashSet<String> = roots.iter().map(|d| d.hex().to_string()).collect();
-        let leases = root.join(".hoist").join("leases");
-        let (dead, live) = crate::temp::scan(&leases).map_err(StoreError::io(&leases))?;
-        r.stale_leases = dead.len();
+        let Roots {
+            digests,
+            recorded,
+            dead_leases,
+            live_leases,
+        } = self.roots(&root)?;
+        r.stale_leases = dead_leases.len();
         if !dry_run {
-            for p in &dead {
+            for p in &dead_leases {
                 let _ = std::fs::remove_file(p);
             }
         }
-        r.live_leases = live.len();
-        for p in &live {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            roots.extend(text.lines().filter_map(|l| l.parse::<Digest>().ok()));
-        }
-        let keep = self.reachable(roots);
+        r.live_leases = live_leases;
+        let keep = self.reachable(digests);
         for (algo, dir) in [(Algorithm::Sha256, "sha256"), (Algorithm::Sha512, "sha512")] {
             let dir = root.join("blobs").join(dir);
             let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -241,19 +234,7 @@ impl Store {
     pub fn discard(&self, digests: &[Digest]) -> Result<usize, StoreError> {
         let root = self.root().to_path_buf();
         let _l = index::lock(&root)?;
-        let idx = index::read(&root.join("index.json"))?;
-        let mut roots: Vec<Digest> = idx
-            .manifests
-            .iter()
-            .filter_map(|e| e.digest.parse().ok())
-            .collect();
-        let leases = root.join(".hoist").join("leases");
-        let (_, live) = crate::temp::scan(&leases).map_err(StoreError::io(&leases))?;
-        for p in &live {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            roots.extend(text.lines().filter_map(|l| l.parse::<Digest>().ok()));
-        }
-        let keep = self.reachable(roots);
+        let keep = self.reachable(self.roots(&root)?.digests);
         let mut n = 0;
         for d in digests {
             let p = self.blob_path(d);
@@ -263,6 +244,30 @@ impl Store {
             }
         }
         Ok(n)
+    }
+
+    /// What keeps blobs alive: the manifests index.json records and the
+    /// digests live leases name. The caller holds the index lock.
+    fn roots(&self, root: &Path) -> Result<Roots, StoreError> {
+        let idx = index::read(&root.join("index.json"))?;
+        let mut digests: Vec<Digest> = idx
+            .manifests
+            .iter()
+            .filter_map(|e| e.digest.parse().ok())
+            .collect();
+        let recorded = digests.iter().map(|d| d.hex().to_string()).collect();
+        let leases = root.join(".hoist").join("leases");
+        let (dead_leases, live) = crate::temp::scan(&leases).map_err(StoreError::io(&leases))?;
+        for p in &live {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            digests.extend(text.lines().filter_map(|l| l.parse::<Digest>().ok()));
+        }
+        Ok(Roots {
+            digests,
+            recorded,
+            dead_leases,
+            live_leases: live.len(),
+        })
     }
 
     /// Every digest reachable from `roots`: manifests name their config and
@@ -302,4 +307,13 @@ impl Store {
         }
         seen
     }
+}
+
+/// The roots of one collection (see `Store::roots`).
+struct Roots {
+    digests: Vec<Digest>,
+    /// Hex of the recorded manifests, which name the tree metadata kept.
+    recorded: HashSet<String>,
+    dead_leases: Vec<PathBuf>,
+    live_leases: usize,
 }
