@@ -24,8 +24,10 @@ impl HostsDir {
         HostsDir { dir: dir.into() }
     }
 
-    /// The file that configures `registry`, if any.
-    fn file_for(&self, registry: &str) -> Option<PathBuf> {
+    /// The directory that configures `registry`, if any: the first of
+    /// `HOST[:PORT]`, `HOST_PORT_` and `_default` that exists, as
+    /// containerd picks it (a directory without hosts.toml still counts).
+    fn dir_for(&self, registry: &str) -> Option<PathBuf> {
         let mut names = vec![registry.to_string()];
         if let Some((h, p)) = registry.rsplit_once(':') {
             names.push(format!("{h}_{p}_"));
@@ -33,9 +35,36 @@ impl HostsDir {
         names.push("_default".into());
         names
             .into_iter()
-            .map(|n| self.dir.join(n).join("hosts.toml"))
-            .find(|p| p.is_file())
+            .map(|n| self.dir.join(n))
+            .find(|p| p.is_dir())
     }
+}
+
+/// A host directory without hosts.toml is Docker's `certs.d` layout, which
+/// containerd also honours: `*.crt` are trusted roots, `NAME.cert` with
+/// `NAME.key` a client certificate, all for the registry itself.
+fn docker_certs(dir: &Path) -> Result<Tls, RegistryError> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| bad(dir, e.to_string()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    let mut tls = Tls::default();
+    for p in &names {
+        match p.extension().and_then(|e| e.to_str()) {
+            Some("crt") => tls.ca.push(p.clone()),
+            Some("cert") => {
+                let key = p.with_extension("key");
+                if !key.is_file() {
+                    return Err(bad(p, format!("no {} beside it", key.display())));
+                }
+                tls.client.push((p.clone(), Some(key)));
+            }
+            _ => {}
+        }
+    }
+    Ok(tls)
 }
 
 fn bad(path: &Path, message: impl Into<String>) -> RegistryError {
@@ -183,9 +212,16 @@ fn endpoint(
 
 impl Resolver for HostsDir {
     fn endpoints(&self, registry: &str, api_host: &str) -> Result<Vec<Endpoint>, RegistryError> {
-        let Some(file) = self.file_for(registry) else {
+        let Some(dir) = self.dir_for(registry) else {
             return Ok(vec![Endpoint::upstream(api_host)]);
         };
+        let file = dir.join("hosts.toml");
+        if !file.is_file() {
+            let tls = docker_certs(&dir)?;
+            let mut up = Endpoint::upstream(api_host);
+            up.tls = (tls != Tls::default()).then_some(tls);
+            return Ok(vec![up]);
+        }
         let len = std::fs::metadata(&file)
             .map_err(|e| bad(&file, e.to_string()))?
             .len();
@@ -305,6 +341,40 @@ server = "https://registry-1.docker.io"
             .unwrap();
         assert_eq!(e[0].host, "any-mirror");
         assert_eq!(e[0].mirror_of.as_deref(), Some("quay.io"));
+    }
+
+    #[test]
+    fn a_directory_without_hosts_toml_is_dockers_certs_d() {
+        let d = tempfile::tempdir().unwrap();
+        let h = d.path().join("reg.example:5000");
+        std::fs::create_dir(&h).unwrap();
+        for f in ["ca.crt", "b.crt", "client.cert", "client.key", "notes.txt"] {
+            std::fs::write(h.join(f), "").unwrap();
+        }
+        // _default has a mirror, but the host's own directory wins.
+        std::fs::create_dir(d.path().join("_default")).unwrap();
+        std::fs::write(
+            d.path().join("_default/hosts.toml"),
+            "[host.\"https://any-mirror\"]\n",
+        )
+        .unwrap();
+        let e = HostsDir::new(d.path())
+            .endpoints("reg.example:5000", "reg.example:5000")
+            .unwrap();
+        assert_eq!(e.len(), 1);
+        assert!(!e[0].is_mirror());
+        let tls = e[0].tls.clone().unwrap();
+        assert_eq!(tls.ca, [h.join("b.crt"), h.join("ca.crt")]);
+        assert_eq!(
+            tls.client,
+            [(h.join("client.cert"), Some(h.join("client.key")))]
+        );
+        // A certificate without its key is named.
+        std::fs::remove_file(h.join("client.key")).unwrap();
+        let err = HostsDir::new(d.path())
+            .endpoints("reg.example:5000", "reg.example:5000")
+            .unwrap_err();
+        assert!(err.to_string().contains("client.key"), "{err}");
     }
 
     #[test]

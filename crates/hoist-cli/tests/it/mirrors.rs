@@ -20,6 +20,20 @@ fn hosts_dir(dir: &Path, registry: &str, hosts: &[(&str, &str)]) {
     std::fs::write(d.join("hosts.toml"), t).unwrap();
 }
 
+/// A distribution registry in proxy mode in front of `up`, and a hosts
+/// directory that sends `up`'s pulls and resolutions through it.
+fn pull_through_cache(name: &str, up: &Registry) -> (Registry, tempfile::TempDir) {
+    let mirror = start_extra(name, &format!("proxy:\n  remoteurl: http://{}\n", up.host));
+    let conf = tempfile::tempdir().unwrap();
+    let all = r#"["pull", "resolve"]"#;
+    hosts_dir(
+        conf.path(),
+        &up.host,
+        &[(&format!("http://{}", mirror.host), all)],
+    );
+    (mirror, conf)
+}
+
 fn blob_gets(r: &Registry, repo: &str) -> usize {
     r.all_requests(repo, "blobs").len()
 }
@@ -42,17 +56,7 @@ fn a_pull_through_cache_serves_later_pulls_and_a_stopped_one_falls_back_to_upstr
     let repo = unique_repo("mirror");
     let img = sample_image(901, 300);
     up.push_image(&repo, "v1", &img);
-    let mirror = start_extra(
-        "proxy",
-        &format!("proxy:\n  remoteurl: http://{}\n", up.host),
-    );
-    let conf = tempfile::tempdir().unwrap();
-    let all = r#"["pull", "resolve"]"#;
-    hosts_dir(
-        conf.path(),
-        &up.host,
-        &[(&format!("http://{}", mirror.host), all)],
-    );
+    let (mirror, conf) = pull_through_cache("proxy", up);
     let dir = conf.path().to_str().unwrap();
     let by_tag = format!("{}/{repo}:v1", up.host);
     let by_digest = format!("{}/{repo}@{}", up.host, img.manifest.digest());
@@ -463,6 +467,31 @@ fn a_mirror_that_wants_a_client_certificate_gets_the_one_hosts_toml_names() {
         "{v}"
     );
     h.assert_blobs_verified();
+
+    // The same registry pulled directly, with its certificates in Docker's
+    // certs.d layout (a host directory without hosts.toml), as containerd
+    // reads it too.
+    let certs_d = tempfile::tempdir().unwrap();
+    let own = certs_d.path().join(&mirror.host);
+    std::fs::create_dir(&own).unwrap();
+    for f in ["ca.crt", "client.cert", "client.key"] {
+        std::fs::copy(c.join(f), own.join(f)).unwrap();
+    }
+    let direct = format!("{}/{repo}:v1", mirror.host);
+    let args = [
+        "--hosts-dir",
+        certs_d.path().to_str().unwrap(),
+        "pull",
+        &direct,
+    ];
+    let h = Hoist::new();
+    h.ok(&args);
+    assert!(h.assert_blobs_verified() > 0);
+    // Without the client pair the registry refuses the handshake.
+    std::fs::remove_file(own.join("client.cert")).unwrap();
+    std::fs::remove_file(own.join("client.key")).unwrap();
+    let e = Hoist::new().fails(&args, 1);
+    assert!(e.contains(&mirror.host), "{e}");
     mirror.stop();
 }
 
@@ -501,17 +530,7 @@ fn hoist_serve_builds_through_a_pull_through_cache() {
     let repo = unique_repo("servemirror");
     let img = sample_image(909, 128);
     up.push_image(&repo, "v1", &img);
-    let mirror = start_extra(
-        "serve-proxy",
-        &format!("proxy:\n  remoteurl: http://{}\n", up.host),
-    );
-    let conf = tempfile::tempdir().unwrap();
-    let all = r#"["pull", "resolve"]"#;
-    hosts_dir(
-        conf.path(),
-        &up.host,
-        &[(&format!("http://{}", mirror.host), all)],
-    );
+    let (mirror, conf) = pull_through_cache("serve-proxy", up);
     let h = Hoist::new();
     let data = h.home.path().to_path_buf();
     let s = crate::harness::server::Server::start(
