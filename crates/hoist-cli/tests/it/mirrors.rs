@@ -496,6 +496,53 @@ fn a_mirror_that_wants_a_client_certificate_gets_the_one_hosts_toml_names() {
 }
 
 #[test]
+fn a_mirror_under_a_path_is_reached_with_and_without_override_path() {
+    // distribution serves its API under `prefix` (here /hub/v2/): the
+    // mirror URL's path, with /v2 added unless override_path says the path
+    // is the API root already.
+    let up = &registries().plain;
+    let repo = unique_repo("prefixed");
+    let img = sample_image(911, 96);
+    up.push_image(&repo, "v1", &img);
+    let mirror = start_extra(
+        "prefixed",
+        &format!("  prefix: /hub/\nproxy:\n  remoteurl: http://{}\n", up.host),
+    );
+    let r = format!("{}/{repo}:v1", up.host);
+    let served = |url_path: &str, override_path: bool| {
+        let conf = tempfile::tempdir().unwrap();
+        let d = conf.path().join(&up.host);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("hosts.toml"),
+            format!(
+                "server = \"http://{}\"\n\n[host.\"http://{}{url_path}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = {override_path}\n",
+                up.host, mirror.host
+            ),
+        )
+        .unwrap();
+        let h = Hoist::new();
+        let (v, _) = verbose(
+            &h,
+            &["--hosts-dir", conf.path().to_str().unwrap(), "pull", &r],
+        );
+        assert_eq!(v["digest"], img.manifest.digest());
+        h.assert_blobs_verified();
+        let by = |host: &str| v["bytes_by_host"][host].as_u64().unwrap_or(0);
+        (by(&mirror.host), by(&up.host))
+    };
+    let (m, u) = served("/hub", false);
+    assert!(m > 0 && u == 0, "mirror {m}, upstream {u}");
+    let (m, u) = served("/hub/v2", true);
+    assert!(m > 0 && u == 0, "mirror {m}, upstream {u}");
+    // override_path on a path that is not the API root: the mirror answers
+    // 404 and upstream serves the pull.
+    let (m, u) = served("/hub", true);
+    assert!(m == 0 && u > 0, "mirror {m}, upstream {u}");
+    mirror.stop();
+}
+
+#[test]
 fn one_retry_budget_covers_every_loop_of_a_request() {
     // Two 503s, then bodies cut short after 100 bytes, again and again (the
     // server ignores Range): with the retry loops nested, --retries 3 used
