@@ -9,15 +9,22 @@ use crate::harness::faults::FaultRegistry;
 use crate::harness::registry::{start_extra, Registry};
 use crate::harness::{registries, sample_image, unique_repo, Hoist};
 
-/// `DIR/<registry>/hosts.toml` with `server` and the given host tables.
-fn hosts_dir(dir: &Path, registry: &str, hosts: &[(&str, &str)]) {
+/// A mirror's table body that lets it pull and resolve tags.
+const ALL: &str = "  capabilities = [\"pull\", \"resolve\"]\n";
+/// A mirror's table body that lets it serve digests only.
+const PULL: &str = "  capabilities = [\"pull\"]\n";
+
+/// `DIR/<registry>/hosts.toml`: `server`, then one mirror's table.
+fn hosts_toml(dir: &Path, registry: &str, server: &str, mirror: &str, body: &str) {
     let d = dir.join(registry);
     std::fs::create_dir_all(&d).unwrap();
-    let mut t = format!("server = \"http://{registry}\"\n");
-    for (url, caps) in hosts {
-        t.push_str(&format!("\n[host.\"{url}\"]\n  capabilities = {caps}\n"));
-    }
+    let t = format!("server = \"{server}\"\n\n[host.\"{mirror}\"]\n{body}");
     std::fs::write(d.join("hosts.toml"), t).unwrap();
+}
+
+/// The same for a plain HTTP registry `up` as the server.
+fn hosts_dir(dir: &Path, up: &str, mirror: &str, body: &str) {
+    hosts_toml(dir, up, &format!("http://{up}"), mirror, body);
 }
 
 /// A distribution registry in proxy mode in front of `up`, and a hosts
@@ -25,11 +32,11 @@ fn hosts_dir(dir: &Path, registry: &str, hosts: &[(&str, &str)]) {
 fn pull_through_cache(name: &str, up: &Registry) -> (Registry, tempfile::TempDir) {
     let mirror = start_extra(name, &format!("proxy:\n  remoteurl: http://{}\n", up.host));
     let conf = tempfile::tempdir().unwrap();
-    let all = r#"["pull", "resolve"]"#;
     hosts_dir(
         conf.path(),
         &up.host,
-        &[(&format!("http://{}", mirror.host), all)],
+        &format!("http://{}", mirror.host),
+        ALL,
     );
     (mirror, conf)
 }
@@ -141,17 +148,9 @@ fn a_mirror_that_sends_wrong_bytes_is_skipped_and_nothing_bad_is_cached() {
     bad.set(|p| p.wrong_bytes = true);
     let conf = tempfile::tempdir().unwrap();
     // The host's headers from hosts.toml go with every request to it.
-    hosts_dir(
-        conf.path(),
-        &up.host,
-        &[(
-            &format!("http://{}", bad.host()),
-            "[\"pull\"]\n  [host.\"MIRROR\".header]\n    x-fleet = \"rack-7\"",
-        )],
-    );
-    let f = conf.path().join(&up.host).join("hosts.toml");
-    let t = std::fs::read_to_string(&f).unwrap();
-    std::fs::write(&f, t.replace("MIRROR", &format!("http://{}", bad.host()))).unwrap();
+    let url = format!("http://{}", bad.host());
+    let header = format!("  [host.\"{url}\".header]\n    x-fleet = \"rack-7\"\n");
+    hosts_dir(conf.path(), &up.host, &url, &format!("{PULL}{header}"));
     let h = Hoist::new();
     let r = format!("{}/{repo}:v1", up.host);
     let (v, err) = verbose(
@@ -189,7 +188,8 @@ fn a_tag_is_never_resolved_through_a_mirror_without_resolve() {
     hosts_dir(
         conf.path(),
         &up.host,
-        &[(&format!("http://{}", decoy.host), r#"["pull"]"#)],
+        &format!("http://{}", decoy.host),
+        PULL,
     );
     let h = Hoist::new();
     let got = h.ok(&["--hosts-dir", conf.path().to_str().unwrap(), "pull", &r]);
@@ -214,7 +214,8 @@ fn a_tag_is_never_resolved_through_a_mirror_without_resolve() {
     hosts_dir(
         trusted.path(),
         &up.host,
-        &[(&format!("http://{}", decoy.host), r#"["pull", "resolve"]"#)],
+        &format!("http://{}", decoy.host),
+        ALL,
     );
     let h2 = Hoist::new();
     let got = h2.ok(&["--hosts-dir", trusted.path().to_str().unwrap(), "pull", &r]);
@@ -237,17 +238,13 @@ fn a_mirror_never_receives_the_upstream_credentials() {
     mirror.add_image("v1", &img);
     mirror.set(|p| p.require_basic = true);
     let conf = tempfile::tempdir().unwrap();
-    let d = conf.path().join(&up.host);
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(
-        d.join("hosts.toml"),
-        format!(
-            "server = \"https://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            up.host,
-            mirror.host()
-        ),
-    )
-    .unwrap();
+    hosts_toml(
+        conf.path(),
+        &up.host,
+        &format!("https://{}", up.host),
+        &format!("http://{}", mirror.host()),
+        ALL,
+    );
     let h = Hoist::new();
     let creds = format!(
         "{}:{}",
@@ -284,16 +281,8 @@ fn a_tls_mirror_is_trusted_through_its_own_ca_and_gets_its_own_credentials() {
     tls.push_image(&repo, "v1", &img);
     let conf = tempfile::tempdir().unwrap();
     let write = |extra: &str| {
-        let d = conf.path().join(&up.host);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(
-            d.join("hosts.toml"),
-            format!(
-                "server = \"http://{}\"\n\n[host.\"https://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n{extra}",
-                up.host, tls.host
-            ),
-        )
-        .unwrap();
+        let url = format!("https://{}", tls.host);
+        hosts_dir(conf.path(), &up.host, &url, &format!("{ALL}{extra}"));
     };
     let h = Hoist::new();
     let dc = h.home.path().join("docker");
@@ -346,7 +335,8 @@ fn a_mirror_that_times_out_is_left_for_upstream() {
     hosts_dir(
         conf.path(),
         &up.host,
-        &[(&format!("http://{}", slow.host()), r#"["pull"]"#)],
+        &format!("http://{}", slow.host()),
+        PULL,
     );
     let h = Hoist::new();
     let t = std::time::Instant::now();
@@ -436,18 +426,9 @@ fn a_mirror_that_wants_a_client_certificate_gets_the_one_hosts_toml_names() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let conf = tempfile::tempdir().unwrap();
     let write = |client: &str| {
-        let d = conf.path().join(&up.host);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(
-            d.join("hosts.toml"),
-            format!(
-                "server = \"http://{}\"\n\n[host.\"https://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{}\"\n{client}",
-                up.host,
-                mirror.host,
-                c.join("ca.crt").display()
-            ),
-        )
-        .unwrap();
+        let ca = format!("  ca = \"{}\"\n", c.join("ca.crt").display());
+        let url = format!("https://{}", mirror.host);
+        hosts_dir(conf.path(), &up.host, &url, &format!("{ALL}{ca}{client}"));
     };
     let r = format!("{}/{repo}:v1", up.host);
     let args = ["--hosts-dir", conf.path().to_str().unwrap(), "pull", &r];
@@ -511,16 +492,9 @@ fn a_mirror_under_a_path_is_reached_with_and_without_override_path() {
     let r = format!("{}/{repo}:v1", up.host);
     let served = |url_path: &str, override_path: bool| {
         let conf = tempfile::tempdir().unwrap();
-        let d = conf.path().join(&up.host);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(
-            d.join("hosts.toml"),
-            format!(
-                "server = \"http://{}\"\n\n[host.\"http://{}{url_path}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = {override_path}\n",
-                up.host, mirror.host
-            ),
-        )
-        .unwrap();
+        let url = format!("http://{}{url_path}", mirror.host);
+        let body = format!("{ALL}  override_path = {override_path}\n");
+        hosts_dir(conf.path(), &up.host, &url, &body);
         let h = Hoist::new();
         let (v, _) = verbose(
             &h,
