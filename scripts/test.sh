@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run hoist's whole test suite. The integration tests start their own
 # registries (Debian's docker-registry) on free loopback ports and use
-# Debian's skopeo, umoci, buildah and attr (setfattr); as root this installs them
-# when missing.
+# Debian's skopeo, umoci, buildah, attr, erofs-utils, e2fsprogs, cpio, QEMU
+# and busybox (as reference tools and for the boot tests); as root this
+# installs them when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
