@@ -40,37 +40,17 @@ pub(super) fn build_with(
 
 /// Mount `img` read-only on `mnt` with the kernel's erofs.
 pub(super) fn mount(img: &Path, mnt: &Path) -> bool {
-    Command::new("mount")
-        .args(["-t", "erofs", "-o", "loop,ro"])
-        .arg(img)
-        .arg(mnt)
-        .status()
-        .is_ok_and(|s| s.success())
+    crate::ext4::tests::mount("erofs", img, mnt)
 }
 
-/// As root, mount `img` on `tmp/mnt` and run `check` on the mounted tree,
-/// unmounting whatever happens. False when mounting cannot run here (it
-/// says SKIPPED, and fails under CI).
+/// [`crate::ext4::tests::check_mounted`] for an erofs image: false when
+/// mounting cannot run here.
 pub(super) fn check_mounted(
     img: &Path,
     tmp: &Path,
     check: impl FnOnce(&Path) + std::panic::UnwindSafe,
 ) -> bool {
-    if !rustix::process::geteuid().is_root() {
-        skip("mounting needs root");
-        return false;
-    }
-    let mnt = tmp.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    if !mount(img, &mnt) {
-        skip("the erofs loop mount failed");
-        return false;
-    }
-    let m = mnt.clone();
-    let r = std::panic::catch_unwind(move || check(&m));
-    let _ = Command::new("umount").arg(&mnt).status();
-    r.unwrap();
-    true
+    crate::ext4::tests::check_mounted("erofs", img, tmp, check).is_some()
 }
 
 /// `dump.erofs --path=P` of the image.
@@ -123,22 +103,11 @@ fn an_image_fsck_erofs_accepts_with_true_owners_modes_devices_and_xattrs() {
 
 #[test]
 fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
-    if !rustix::process::geteuid().is_root() {
-        skip("mounting needs root");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("m.erofs");
     build(&img, &sample()).unwrap();
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = mount(&img, &mnt);
-    if !ok {
-        skip("the erofs loop mount failed (no loop devices or no erofs?)");
-        return;
-    }
-    let check = || {
-        assert_sample_tree(&mnt);
+    let check = |mnt: &Path| {
+        assert_sample_tree(mnt);
         let a = std::fs::symlink_metadata(mnt.join("usr/bin/big")).unwrap();
         let b = std::fs::symlink_metadata(mnt.join("usr/bin/big-again")).unwrap();
         assert_eq!(a.ino(), b.ino(), "hardlinks share an inode");
@@ -200,12 +169,11 @@ fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
             rustix::fs::lgetxattr(mnt.join("usr/bin/ping"), "security.capability", &mut v).unwrap();
         assert_eq!(n, 20);
     };
-    let r = std::panic::catch_unwind(check);
-    let _ = Command::new("umount").arg(&mnt).status();
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
+    if !check_mounted(&img, tmp.path(), check) {
+        return;
     }
     // The superblock checksum is the kernel's: one flipped bit, no mount.
+    let mnt = tmp.path().join("mnt");
     let mut bytes = std::fs::read(&img).unwrap();
     bytes[1024 + 40] ^= 1;
     let bad = tmp.path().join("bad.erofs");
@@ -308,15 +276,10 @@ pub(super) fn same_as_unpacked(img: &Path, layers: &[Vec<u8>], tmp: &Path) -> bo
         u.apply_layer(&mut &l[..]).unwrap();
     }
     u.finish().unwrap();
-    let mnt = tmp.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = mount(img, &mnt);
-    if !ok {
-        skip("the erofs loop mount failed");
+    let Some(b) = crate::ext4::tests::check_mounted("erofs", img, tmp, listing) else {
         return false;
-    }
-    let (a, b) = (listing(&dir), listing(&mnt));
-    let _ = Command::new("umount").arg(&mnt).status();
+    };
+    let a = listing(&dir);
     assert_eq!(a, b, "the kernel's erofs tree differs from the unpacker's");
     std::fs::remove_dir_all(&dir).unwrap();
     true
@@ -440,18 +403,7 @@ fn hard_cases_mode_0000_0555_dirs_old_devices_5000_entries_big_uids_and_a_4_gib_
         "{}",
         show("/huge")
     );
-    if !rustix::process::geteuid().is_root() {
-        skip("mounting needs root");
-        return;
-    }
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = mount(&img, &mnt);
-    if !ok {
-        skip("the erofs loop mount failed");
-        return;
-    }
-    let check = || {
+    check_mounted(&img, tmp.path(), |mnt| {
         let m = std::fs::symlink_metadata(mnt.join("locked")).unwrap();
         assert_eq!(m.mode() & 0o7777, 0);
         assert_eq!(std::fs::read(mnt.join("locked")).unwrap(), b"secret\n");
@@ -478,12 +430,7 @@ fn hard_cases_mode_0000_0555_dirs_old_devices_5000_entries_big_uids_and_a_4_gib_
         assert_eq!(&b, b"tail");
         std::os::unix::fs::FileExt::read_exact_at(&h, &mut b, 3 << 30).unwrap();
         assert_eq!(&b, &[0; 4]);
-    };
-    let r = std::panic::catch_unwind(check);
-    let _ = Command::new("umount").arg(&mnt).status();
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
+    });
 }
 
 /// A last layer that deletes a big file leaves no hole: the files after it

@@ -108,6 +108,46 @@ pub(crate) fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
+/// Mount `img` (a `fstype` image) read-only on `mnt` through a loop device.
+pub(crate) fn mount(fstype: &str, img: &Path, mnt: &Path) -> bool {
+    Command::new("mount")
+        .args(["-t", fstype, "-o", "loop,ro"])
+        .arg(img)
+        .arg(mnt)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// As root, mount `img` on `tmp/mnt` and run `check` on the mounted tree,
+/// unmounting whatever happens. None when mounting cannot run here (it
+/// says SKIPPED, and fails under CI).
+pub(crate) fn check_mounted<R>(
+    fstype: &str,
+    img: &Path,
+    tmp: &Path,
+    check: impl FnOnce(&Path) -> R + std::panic::UnwindSafe,
+) -> Option<R> {
+    if !rustix::process::geteuid().is_root() {
+        skip("mounting needs root");
+        return None;
+    }
+    let mnt = tmp.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    if !mount(fstype, img, &mnt) {
+        skip(&format!(
+            "the {fstype} loop mount failed (no loop devices, or no {fstype} in the kernel?)"
+        ));
+        return None;
+    }
+    let m = mnt.clone();
+    let r = std::panic::catch_unwind(move || check(&m));
+    let _ = Command::new("umount").arg(&mnt).status();
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}
+
 fn fsck(img: &Path) -> bool {
     let Some(out) = tool(Command::new("e2fsck").arg("-fn").arg(img)) else {
         assert!(
@@ -347,30 +387,10 @@ fn a_fixed_size_is_kept_and_a_tree_that_does_not_fit_is_refused() {
 /// xattrs. Root only (loop devices); says so when skipped.
 #[test]
 fn the_kernel_mounts_it_and_reads_what_the_layers_said() {
-    if !rustix::process::geteuid().is_root() {
-        skip("mounting needs root");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("m.ext4");
     build(&img, &sample(), opts()).unwrap();
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-o", "loop,ro"])
-        .arg(&img)
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        skip("the loop mount failed (no loop devices?)");
-        return;
-    }
-    let check = || assert_sample_tree(&mnt);
-    let r = std::panic::catch_unwind(check);
-    let _ = Command::new("umount").arg(&mnt).status();
-    r.unwrap();
+    check_mounted("ext4", &img, tmp.path(), assert_sample_tree);
 }
 
 /// What the kernel must read from an image of [`sample`] mounted on `mnt`,
