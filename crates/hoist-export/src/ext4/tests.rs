@@ -437,6 +437,48 @@ pub(crate) fn assert_sample_tree(mnt: &Path) {
     assert!(!mnt.join("etc/gone").exists());
 }
 
+/// The random layer stacks a writer's test runs through: their names,
+/// file sizes and owners, and the seed that makes the run repeatable.
+pub(crate) struct Stacks<'a> {
+    pub seed: u64,
+    pub names: &'a [&'a str],
+    pub sizes: &'a [usize],
+    pub owners: &'a [(u64, u64)],
+}
+
+/// Build 1,000 random stacks into `tmp/r<case>.<ext>` with `build`, hand
+/// each image to `check`, then delete it. A build may fail only on the
+/// archive (a hardlink to nothing, a path through a file), never in the
+/// writer, and leaves no image behind. `check` returns false when its tool
+/// cannot run here (it has said SKIPPED), which ends the run: None.
+/// Otherwise, how many images were checked (at least 200).
+pub(crate) fn each_random_image(
+    s: &Stacks,
+    ext: &str,
+    tmp: &Path,
+    build: impl Fn(&Path, &[Vec<u8>]) -> Result<(), String>,
+    mut check: impl FnMut(usize, &Path, &[Vec<u8>]) -> bool,
+) -> Option<usize> {
+    let mut rng = fastrand::Rng::with_seed(s.seed);
+    let mut checked = 0;
+    for case in 0..1000 {
+        let layers = random_stack(&mut rng, s.names, s.sizes, s.owners);
+        let img = tmp.join(format!("r{case}.{ext}"));
+        if let Err(e) = build(&img, &layers) {
+            assert!(e.contains("invalid layer archive"), "case {case}: {e}");
+            assert!(!img.exists(), "an unfinished image is removed");
+            continue;
+        }
+        if !check(case, &img, &layers) {
+            return None;
+        }
+        checked += 1;
+        std::fs::remove_file(&img).unwrap();
+    }
+    assert!(checked > 200, "only {checked} images checked");
+    Some(checked)
+}
+
 /// One to three random layers over colliding `names`: files of `sizes`,
 /// directories, symlinks, hardlinks, whiteouts and opaque markers, owned
 /// by one of `owners`.
@@ -489,29 +531,21 @@ pub(crate) fn random_stack(
 #[test]
 fn random_layer_stacks_give_images_e2fsck_accepts() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut rng = fastrand::Rng::with_seed(0xe47);
-    let names = ["a", "b", "a/x", "a/y", "b/x", "s", "s/x", "d/e/f"];
-    let sizes = [0usize, 1, 4095, 4096, 4097, 70_000];
-    let mut checked = 0;
-    for case in 0..1000 {
-        let layers = random_stack(&mut rng, &names, &sizes, &[(0, 0), (1000, 1000)]);
-        let img = tmp.path().join(format!("r{case}.ext4"));
-        // Invalid stacks (a hardlink to nothing) are refused, as the
-        // unpacker refuses them; the rest must make sound images.
-        if let Err(e) = build(&img, &layers, opts()) {
-            // Only the archive may be at fault (a hardlink to nothing, a
-            // path through a file), never the writer.
-            assert!(e.contains("invalid layer archive"), "case {case}: {e}");
-            assert!(!img.exists(), "an unfinished image is removed");
-            continue;
-        }
-        if !fsck(&img) {
-            return;
-        }
-        checked += 1;
-        std::fs::remove_file(&img).unwrap();
-    }
-    assert!(checked > 200, "only {checked} images checked");
+    let stacks = Stacks {
+        seed: 0xe47,
+        names: &["a", "b", "a/x", "a/y", "b/x", "s", "s/x", "d/e/f"],
+        sizes: &[0, 1, 4095, 4096, 4097, 70_000],
+        owners: &[(0, 0), (1000, 1000)],
+    };
+    // Invalid stacks (a hardlink to nothing) are refused, as the unpacker
+    // refuses them; the rest must make sound images.
+    each_random_image(
+        &stacks,
+        "ext4",
+        tmp.path(),
+        |img, layers| build(img, layers, opts()).map(drop),
+        |_, img, _| fsck(img),
+    );
 }
 
 /// A file longer than four extents (4 × 128 MiB) needs extent leaf blocks.
