@@ -555,7 +555,8 @@ impl RegistryClient {
     /// A mirror gets one attempt (and its auth round trip); whatever it
     /// fails with, the next host is tried, and the registry itself last,
     /// with the rest of the budget. `*from` is left at the host that
-    /// answered, so that a caller can move past it.
+    /// answered, so that a caller can move past it; the flag says whether
+    /// another host follows it.
     #[allow(clippy::too_many_arguments)] // one request's whole context
     pub(crate) fn send_any(
         &self,
@@ -567,7 +568,7 @@ impl RegistryClient {
         budget: &mut Budget,
         need: Need,
         from: &mut usize,
-    ) -> Result<(Response, Endpoint), RegistryError> {
+    ) -> Result<(Response, Endpoint, bool), RegistryError> {
         let all = self.endpoints(r)?;
         let eligible: Vec<&Endpoint> = all.iter().filter(|e| e.capabilities.allows(need)).collect();
         if eligible.is_empty() {
@@ -590,7 +591,7 @@ impl RegistryClient {
             match self.send(ep, r, ctx, path, headers, call, budget, last) {
                 Ok(resp) => {
                     *from = i;
-                    return Ok((resp, ep.clone()));
+                    return Ok((resp, ep.clone(), !last));
                 }
                 Err(e) if !last && !matches!(e, RegistryError::Cancelled { .. }) => {
                     tracing::info!("{}: {e}; trying {} next", ep.host, eligible[i + 1].host);
@@ -599,12 +600,6 @@ impl RegistryClient {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Whether another endpoint follows the one at `from` for `need`.
-    pub(crate) fn has_next(&self, r: &Reference, need: Need, from: usize) -> bool {
-        self.endpoints(r)
-            .is_ok_and(|all| all.iter().filter(|e| e.capabilities.allows(need)).count() > from + 1)
     }
 
     /// GET `path` of `r`'s repository from one endpoint, with auth, scheme

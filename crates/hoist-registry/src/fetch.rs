@@ -34,7 +34,7 @@ impl RegistryClient {
         let mut budget = Budget::new();
         let mut from = 0;
         loop {
-            let (resp, ep) = self.send_any(
+            let (resp, ep, next) = self.send_any(
                 r,
                 &ctx,
                 &format!("manifests/{target}"),
@@ -44,7 +44,6 @@ impl RegistryClient {
                 need,
                 &mut from,
             )?;
-            let next = self.has_next(r, need, from);
             // What a mirror gets wrong is reason to ask the next host.
             let skip = |e: &RegistryError| {
                 if ep.is_mirror() && next {
@@ -167,7 +166,7 @@ impl RegistryClient {
                     HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"),
                 );
             }
-            let (mut resp, ep) = self.send_any(
+            let (mut resp, ep, next) = self.send_any(
                 r,
                 &ctx,
                 &path,
@@ -177,7 +176,6 @@ impl RegistryClient {
                 Need::Pull,
                 &mut from,
             )?;
-            let next = self.has_next(r, Need::Pull, from);
             let mirror_to_skip = ep.is_mirror() && next;
             if offset > 0 {
                 let resumed = resp.status().as_u16() == 206
