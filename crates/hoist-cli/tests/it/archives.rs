@@ -115,9 +115,7 @@ fn archives_written_by_skopeo_and_buildah_pull_unpack_and_export_like_the_regist
         run(&mut push);
         sources.push(format!("docker-archive:{}", b.display()));
     } else {
-        let why = "buildah needs root here";
-        assert!(std::env::var_os("CI").is_none(), "under CI: {why}");
-        eprintln!("SKIPPED: {why}");
+        crate::harness::skip("buildah needs root here");
     }
     for (i, src) in sources.iter().enumerate() {
         let h = Hoist::new();

@@ -465,11 +465,7 @@ fn link_local_registries_are_refused_without_a_packet_inside_a_loopback_only_net
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "unshare --net is needed under CI (run as root)"
-        );
-        eprintln!("SKIPPED: cannot make a network namespace here");
+        crate::harness::skip("cannot make a network namespace here (unshare --net needs root)");
         return;
     }
     let h = Hoist::new();
