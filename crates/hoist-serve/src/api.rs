@@ -13,29 +13,13 @@ use hoist::Reference;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::service::{ApiError, Service};
+use crate::error::ApiError;
+use crate::service::Service;
 use crate::state::Status;
 
 /// The OpenAPI document of these routes, checked in; a test proves the
 /// served routes and the document agree.
 pub const OPENAPI: &str = include_str!("../openapi.json");
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut r = (
-            status,
-            Json(serde_json::json!({"code": self.code, "message": self.message})),
-        )
-            .into_response();
-        if let Some(s) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        r
-    }
-}
 
 type S = State<Arc<Service>>;
 

@@ -7,14 +7,23 @@
 //! holds the only async code.
 
 mod api;
+mod disks;
+mod error;
+mod gc;
+mod glob;
 mod metrics;
 mod progress;
+mod queue;
+mod record;
 mod service;
 mod state;
+mod time;
 
 pub use api::{OPENAPI, ROUTES};
-pub use service::{glob_match, rfc3339, ServeOptions};
+pub use glob::glob_match;
+pub use service::ServeOptions;
 pub use state::Status;
+pub use time::rfc3339;
 
 /// Why the server would not start.
 #[derive(Debug, thiserror::Error)]
