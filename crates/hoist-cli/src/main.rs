@@ -1,5 +1,6 @@
 //! The `hoist` command: a thin layer over the `hoist` library's facade.
 
+mod log;
 mod output;
 mod progress;
 
@@ -15,6 +16,7 @@ use hoist::{
     Client, ClientOptions, Credentials, ImageSource, Limits, Op, Platform, Progress,
     RegistryOptions,
 };
+use hoist_serve::ServeOptions;
 
 #[derive(Parser)]
 #[command(
@@ -189,14 +191,14 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Address to listen on; anything but loopback needs a token.
-    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR:PORT")]
+    #[arg(long, default_value_t = ServeOptions::default().listen, value_name = "ADDR:PORT")]
     listen: std::net::SocketAddr,
     /// Where the cache (DIR/cache), the disks (DIR/images) and the state
     /// (DIR/state.db) live [default: $XDG_DATA_HOME/hoist or ~/.local/share/hoist].
     #[arg(long, env = "HOIST_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Builds that run at once.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = ServeOptions::default().max_concurrent_builds, value_name = "N")]
     max_concurrent_builds: usize,
     /// Disk format of every build.
     #[arg(long, value_enum, default_value = "ext4")]
@@ -212,23 +214,27 @@ struct ServeArgs {
     /// that a request may name; default: any but link-local addresses.
     #[arg(long = "allowed-registries", value_name = "PATTERN", num_args = 1..)]
     allowed_registries: Vec<String>,
-}
-
-fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("hoist");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ".".into());
-    home.join(".local").join("share").join("hoist")
+    /// Open connections at most; at the cap the longest-idle one is closed
+    /// for a new client [default: the descriptor limit less a reserve of
+    /// 64 + 32 per concurrent build].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = ServeOptions::default().header_timeout.as_secs(), value_name = "SECS")]
+    header_timeout: u64,
+    /// Seconds a kept-alive connection may sit with no request before it is closed.
+    #[arg(long, default_value_t = ServeOptions::default().idle_timeout.as_secs(), value_name = "SECS")]
+    idle_timeout: u64,
 }
 
 fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
     if a.compress.is_some() && !matches!(a.format, FormatArg::Erofs) {
         bail!(Usage("--compress applies to --format erofs".into()));
     }
-    let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(hoist_serve::default_data_dir);
     let mut opts = options(g)?;
     opts.cache_dir = data_dir.join("cache");
     // A POSTed name makes the server connect where the caller chose.
@@ -260,6 +266,9 @@ fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
             token,
             allowed_registries: a.allowed_registries.clone(),
             limits: g.limits.limits(),
+            max_connections: a.max_connections.filter(|n| *n > 0),
+            header_timeout: Duration::from_secs(a.header_timeout.max(1)),
+            idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
         },
     )
     .map_err(|e| match e {
@@ -329,7 +338,8 @@ fn init_logging(g: &Global) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log::SafeStderr)
+        .with_ansi(log::colour_on_stderr())
         .with_target(false)
         .init();
 }
@@ -533,7 +543,7 @@ fn main() -> ExitCode {
                 let v = serde_json::json!({"error": msg, "exit_code": code});
                 println!("{v}");
             }
-            eprintln!("hoist: error: {msg}");
+            eprintln!("hoist: error: {}", hoist::escape_controls(&msg));
             ExitCode::from(code as u8)
         }
     }

@@ -470,6 +470,15 @@ impl RegistryClient {
             }
             q.append_pair("scope", scope);
         }
+        // A registry chooses the realm: it is guarded like the registry.
+        if self.opts.refuse_link_local {
+            if let Some(ip) = crate::guard::refused_in_url(url.as_str()) {
+                return Err(RegistryError::AddressRefused {
+                    ctx: ctx.clone(),
+                    address: ip.to_string(),
+                });
+            }
+        }
         let realm_host = url.host_str().unwrap_or("").to_string();
         let realm_host = match url.port() {
             Some(p) => format!("{realm_host}:{p}"),
@@ -618,16 +627,6 @@ impl RegistryClient {
         retry: bool,
     ) -> Result<Response, RegistryError> {
         let host = ep.host.as_str();
-        if self.opts.refuse_link_local {
-            if let Some(ip) =
-                crate::guard::literal_ip(host).filter(|ip| crate::guard::is_refused_ip(*ip))
-            {
-                return Err(RegistryError::AddressRefused {
-                    ctx: ctx.clone(),
-                    address: ip.to_string(),
-                });
-            }
-        }
         let client = self.client_of(ep)?;
         let can_retry = |b: &Budget| retry && self.can_retry(b);
         let scope = format!("repository:{}:pull", r.repository());
@@ -646,6 +645,16 @@ impl RegistryClient {
                 Scheme::Auto => self.state.lock().expect("lock").plain_http.contains(host),
             };
             let url = ep.url(if plain { "http" } else { "https" }, r.repository(), path);
+            // Judged on the URL that is sent, parsed as the connection will
+            // parse it: no spelling of a host can slip past.
+            if self.opts.refuse_link_local {
+                if let Some(ip) = crate::guard::refused_in_url(&url) {
+                    return Err(RegistryError::AddressRefused {
+                        ctx: ctx.clone(),
+                        address: ip.to_string(),
+                    });
+                }
+            }
             let mut req = client.get(&url).headers(headers.clone());
             for (k, v) in &ep.headers {
                 if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {

@@ -201,19 +201,7 @@ impl TransportKind {
     }
 }
 
-/// How a caller (the CLI's exit codes) classifies an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    NotFound,
-    Auth,
-    RateLimited,
-    Integrity,
-    /// The registry could not be reached, or answered 5xx.
-    Unavailable,
-    Cancelled,
-    NotAllowed,
-    Other,
-}
+pub use hoist_spec::ErrorKind;
 
 impl RegistryError {
     /// For a transport error, why there was no answer.

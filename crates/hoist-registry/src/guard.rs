@@ -28,13 +28,52 @@ pub fn is_refused_ip(ip: IpAddr) -> bool {
     }
 }
 
-/// The host part of `HOST[:PORT]` as an IP, if it is a literal.
-pub fn literal_ip(host: &str) -> Option<IpAddr> {
-    let h = host
-        .rsplit_once(':')
-        .filter(|(h, p)| p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':'))
-        .map_or(host, |(h, _)| h);
-    h.trim_start_matches('[').trim_end_matches(']').parse().ok()
+/// A registry host that hoist will not contact.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedHost {
+    #[error("registry {host}: refused: it names {address}, a link-local, metadata or unspecified address")]
+    Address { host: String, address: IpAddr },
+    #[error("registry {host}: refused: not a host a URL can name")]
+    Unparsable { host: String },
+}
+
+/// The address a `HOST[:PORT]` names, read by the URL parser that every
+/// request's URL goes through (WHATWG host parsing: `2852039166`,
+/// `0xa9fea9fe`, `0251.0376.0251.0376`, `169.254.43518` and `0` are all
+/// IPv4 addresses to it). `None` for a domain name, which the resolver
+/// judges after lookup. The guard and the connection cannot disagree on
+/// what a host means, since they parse it the same way.
+pub fn host_ip(host: &str) -> Result<Option<IpAddr>, RefusedHost> {
+    let url = url::Url::parse(&format!("http://{host}/")).map_err(|_| RefusedHost::Unparsable {
+        host: host.to_string(),
+    })?;
+    Ok(url_ip(&url))
+}
+
+fn url_ip(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Refuse a registry host that names a refused address in any spelling.
+pub fn check_registry_host(host: &str) -> Result<(), RefusedHost> {
+    match host_ip(host)? {
+        Some(ip) if is_refused_ip(ip) => Err(RefusedHost::Address {
+            host: host.to_string(),
+            address: ip,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The refused address a request URL names, if any: checked on the URL
+/// the request is built from, just before it is sent.
+pub(crate) fn refused_in_url(url: &str) -> Option<IpAddr> {
+    let u = url::Url::parse(url).ok()?;
+    url_ip(&u).filter(|ip| is_refused_ip(*ip))
 }
 
 /// The error a refused resolution or redirect carries; `send` finds it in
@@ -99,15 +138,7 @@ pub(crate) fn redirect_policy() -> reqwest::redirect::Policy {
         if attempt.previous().len() >= 10 {
             return attempt.error("too many redirects");
         }
-        let bad = attempt
-            .url()
-            .host()
-            .and_then(|h| match h {
-                url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
-                url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
-                url::Host::Domain(_) => None,
-            })
-            .filter(|ip| is_refused_ip(*ip));
+        let bad = url_ip(attempt.url()).filter(|ip| is_refused_ip(*ip));
         match bad {
             Some(ip) => attempt.error(Refused(ip.to_string())),
             None => attempt.follow(),
@@ -135,15 +166,43 @@ mod tests {
         for a in ["127.0.0.1", "10.0.0.1", "::1", "fec0::1", "8.8.8.8"] {
             assert!(!is_refused_ip(a.parse().unwrap()), "{a}");
         }
+    }
+
+    /// Regression: the guard parsed hosts strictly while the URL library
+    /// (WHATWG) read numeric spellings as addresses, so these reached
+    /// 169.254.169.254 and 0.0.0.0.
+    #[test]
+    fn numeric_and_odd_spellings_of_a_refused_address_are_refused() {
+        for h in [
+            "2852039166:80",
+            "0xa9fea9fe:80",
+            "0251.0376.0251.0376",
+            "169.254.43518",
+            "0:5010",
+            "0.0.0.0:5010",
+            "0x0",
+            "[::]:5000",
+            "[::ffff:169.254.169.254]",
+            "169.254.169.254",
+            "[fe80::1]:5000",
+        ] {
+            assert!(
+                matches!(check_registry_host(h), Err(RefusedHost::Address { .. })),
+                "{h}: {:?}",
+                host_ip(h)
+            );
+        }
+        for h in [
+            "127.0.0.1:5000",
+            "registry.local:5000",
+            "2130706433:5000",
+            "[::1]",
+        ] {
+            assert_eq!(check_registry_host(h), Ok(()), "{h}");
+        }
         assert_eq!(
-            literal_ip("169.254.169.254:80"),
-            Some("169.254.169.254".parse().unwrap())
+            host_ip("2130706433:5000").unwrap(),
+            Some("127.0.0.1".parse().unwrap())
         );
-        assert_eq!(
-            literal_ip("[fe80::1]:5000"),
-            Some("fe80::1".parse().unwrap())
-        );
-        assert_eq!(literal_ip("fe80::1"), Some("fe80::1".parse().unwrap()));
-        assert_eq!(literal_ip("registry.local:5000"), None);
     }
 }

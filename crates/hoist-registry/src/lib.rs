@@ -22,6 +22,6 @@ pub use client::{
 pub use creds::{CredentialSources, Credentials};
 pub use endpoint::{Capabilities, Direct, Endpoint, Need, Resolver, Scheme, Tls};
 pub use error::{ErrorContext, ErrorKind, RegistryError, RegistryMessage, TransportKind};
-pub use guard::{is_refused_ip, literal_ip};
+pub use guard::{check_registry_host, host_ip, is_refused_ip, RefusedHost};
 pub use hosts::HostsDir;
 pub use retry::RetryPolicy;

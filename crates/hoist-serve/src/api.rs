@@ -1,10 +1,16 @@
 //! The routes: hypeman's image API (`/images`), plus `/healthz`,
-//! `/metrics`, `/openapi.json` and `/gc`. Errors are `{"code","message"}`.
+//! `/metrics`, `/openapi.json` and `/gc`. This module only translates
+//! HTTP: it parses what a request says, calls the service on a blocking
+//! thread, and answers. Every non-2xx answer is `{"code","message"}`,
+//! including axum's own rejections (bad percent-encoding, duplicate query
+//! parameters, a body over the limit, a method or route that does not
+//! exist).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,49 +19,72 @@ use hoist::Reference;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::db::Status;
+use crate::error::ServiceError;
 use crate::service::Service;
-use crate::state::Status;
 
 /// The OpenAPI document of these routes, checked in; a test proves the
 /// served routes and the document agree.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
-type S = State<Arc<Service>>;
+/// A create body is one short name; anything larger is refused unread.
+const MAX_BODY: usize = 64 << 10;
 
-fn parse_name(name: &str) -> Result<Reference, ApiError> {
+type S = State<Arc<Service>>;
+type Answer = Result<Response, ServiceError>;
+
+fn parse_name(name: &str) -> Result<Reference, ServiceError> {
     name.parse::<Reference>()
-        .map_err(|e| ApiError::new(400, "invalid_name", e.to_string()))
+        .map_err(|e| ServiceError::InvalidName(e.to_string()))
+}
+
+fn name_of(p: Result<Path<String>, PathRejection>) -> Result<Reference, ServiceError> {
+    match p {
+        Ok(Path(name)) => parse_name(&name),
+        Err(e) => Err(ServiceError::InvalidName(format!(
+            "the name in the path: {}",
+            e.body_text()
+        ))),
+    }
+}
+
+fn query_of<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ServiceError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ServiceError::InvalidRequest(e.body_text()))
+}
+
+/// Run blocking service work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ServiceError::internal)?
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateBody {
     name: String,
 }
 
 /// The body is read as JSON whatever its content type says: `curl -d`
 /// sends a form type, and the request is unambiguous.
-async fn create(State(svc): S, body: axum::body::Bytes) -> Result<Response, ApiError> {
+async fn create(State(svc): S, body: axum::body::Bytes) -> Answer {
     let body: CreateBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            400,
-            "invalid_request",
-            format!("the body must be {{\"name\": REF}}: {e}"),
-        )
+        ServiceError::InvalidRequest(format!("the body must be {{\"name\": REF}}: {e}"))
     })?;
     let r = parse_name(&body.name)?;
     svc.check_allowed(&r)?;
-    let s2 = svc.clone();
-    let r2 = r.clone();
-    let permit = svc.resolves.acquire().await.map_err(ApiError::internal)?;
-    let inspected = tokio::task::spawn_blocking(move || s2.resolve(&r2))
+    let permit = svc
+        .resolves
+        .acquire()
         .await
-        .map_err(ApiError::internal)??;
+        .map_err(ServiceError::internal)?;
+    let (s2, r2) = (svc.clone(), r.clone());
+    let inspected = blocking(move || s2.resolve(&r2)).await?;
     drop(permit);
-    let s3 = svc.clone();
-    let rec = tokio::task::spawn_blocking(move || s3.create(&r, &inspected))
-        .await
-        .map_err(ApiError::internal)??;
+    let rec = blocking(move || svc.create(&r, &inspected)).await?;
     Ok((StatusCode::ACCEPTED, Json(rec)).into_response())
 }
 
@@ -64,31 +93,29 @@ struct ListQuery {
     status: Option<String>,
 }
 
-async fn list(State(svc): S, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+async fn list(State(svc): S, q: Result<Query<ListQuery>, QueryRejection>) -> Answer {
+    let q = query_of(q)?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::new(
-                400,
-                "invalid_status",
-                format!("{s}: not one of pending, pulling, converting, ready, failed"),
-            )
+            ServiceError::InvalidStatus(format!(
+                "{s}: not one of pending, pulling, converting, ready, failed"
+            ))
         })?),
     };
-    Ok(Json(svc.list(status)?).into_response())
+    let recs = blocking(move || svc.list(status)).await?;
+    Ok(Json(recs).into_response())
 }
 
-async fn get_one(State(svc): S, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let r = parse_name(&name)?;
-    Ok(Json(svc.get(&r)?).into_response())
+async fn get_one(State(svc): S, p: Result<Path<String>, PathRejection>) -> Answer {
+    let r = name_of(p)?;
+    let rec = blocking(move || svc.get(&r)).await?;
+    Ok(Json(rec).into_response())
 }
 
-async fn delete_one(State(svc): S, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let r = parse_name(&name)?;
-    let s2 = svc.clone();
-    tokio::task::spawn_blocking(move || s2.delete(&r))
-        .await
-        .map_err(ApiError::internal)??;
+async fn delete_one(State(svc): S, p: Result<Path<String>, PathRejection>) -> Answer {
+    let r = name_of(p)?;
+    blocking(move || svc.delete(&r)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -98,25 +125,22 @@ struct GcQuery {
     dry_run: bool,
 }
 
-async fn gc(State(svc): S, Query(q): Query<GcQuery>) -> Result<Response, ApiError> {
-    let r = tokio::task::spawn_blocking(move || svc.gc(q.dry_run))
-        .await
-        .map_err(ApiError::internal)??;
+async fn gc(State(svc): S, q: Result<Query<GcQuery>, QueryRejection>) -> Answer {
+    let q = query_of(q)?;
+    let r = blocking(move || svc.gc(q.dry_run)).await?;
     Ok(Json(r).into_response())
 }
 
-async fn metrics(State(svc): S) -> Response {
-    let text = tokio::task::spawn_blocking(move || svc.metrics_text())
-        .await
-        .unwrap_or_default();
-    (
+async fn metrics(State(svc): S) -> Answer {
+    let text = blocking(move || Ok(svc.metrics_text())).await?;
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )
-        .into_response()
+        .into_response())
 }
 
 async fn openapi() -> Response {
@@ -125,6 +149,10 @@ async fn openapi() -> Response {
 
 async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn no_route(req: Request) -> ServiceError {
+    ServiceError::NotFound(format!("no route {}", req.uri().path()))
 }
 
 /// Every route but `/healthz` needs `Authorization: Bearer <token>` when
@@ -140,15 +168,56 @@ async fn auth(State(svc): S, req: Request, next: Next) -> Response {
                 .unwrap_or("");
             let ok: bool = given.as_bytes().ct_eq(token.as_bytes()).into();
             if !ok {
-                let mut r = ApiError::new(401, "unauthorized", "a valid bearer token is required")
-                    .into_response();
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return r;
+                return ServiceError::Unauthorized.into_response();
             }
         }
     }
     next.run(req).await
+}
+
+/// The safety net under every route: an error answer that axum made
+/// itself (a 405, a 413 from the body limit, a rejection not handled
+/// above) becomes the documented JSON error, keeping its status and
+/// headers (`Allow` on a 405).
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let e = match status.as_u16() {
+        404 => ServiceError::NotFound(text),
+        405 => ServiceError::MethodNotAllowed(format!(
+            "method not allowed here{}",
+            parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .map(|a| format!(" (allowed: {a})"))
+                .unwrap_or_default()
+        )),
+        413 => ServiceError::BodyTooLarge(format!("the body is over {MAX_BODY} bytes")),
+        s if s < 500 => ServiceError::InvalidRequest(text),
+        _ => ServiceError::Internal(text),
+    };
+    let mut out = e.into_response();
+    *out.status_mut() = status;
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// The routes, as the OpenAPI document lists them (method, path).
@@ -173,7 +242,10 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/gc", post(gc))
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(svc.clone(), auth))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(svc)
 }
 

@@ -3,26 +3,35 @@
 //! with crash recovery, Prometheus metrics, GC, a bearer token and a guard
 //! on which registries a request may reach.
 //!
-//! Builds run on blocking threads through the `hoist` facade; this crate
-//! holds the only async code.
+//! Modules by job: `api` translates HTTP and nothing else; `book` is the
+//! records' state machine and the queue; `worker` runs builds through the
+//! facade on blocking threads; `disks` owns the files under `images/`;
+//! `db` the SQLite state; `error` the one error type and its HTTP
+//! mapping; `net` the accept loop, its timeouts and its connection cap.
 
 mod api;
+mod book;
+mod db;
 mod disks;
 mod error;
 mod gc;
 mod glob;
 mod metrics;
+mod net;
+mod options;
 mod progress;
-mod queue;
 mod record;
 mod service;
-mod state;
 mod time;
+mod worker;
+
+use std::path::PathBuf;
 
 pub use api::{OPENAPI, ROUTES};
+pub use db::Status;
 pub use glob::glob_match;
-pub use service::ServeOptions;
-pub use state::Status;
+pub use net::default_max_connections;
+pub use options::{default_data_dir, ServeOptions};
 pub use time::rfc3339;
 
 /// Why the server would not start.
@@ -30,6 +39,14 @@ pub use time::rfc3339;
 pub enum ServeError {
     #[error("refusing to listen on {0} without a token: set --token-file or HOIST_TOKEN, or listen on loopback")]
     NoToken(std::net::SocketAddr),
+    #[error(
+        "state database {p} is damaged: {reason}. hoist serve will not start on it. \
+         Stop here, move it aside (mv {p} {p}.damaged, with its -wal and -shm files) and start \
+         again: the records of ready disks are rebuilt from the disks under images/, and \
+         images that were still building must be POSTed again",
+        p = path.display()
+    )]
+    Database { path: PathBuf, reason: String },
     #[error("{0}")]
     Setup(String),
     #[error("listening on {addr}: {source}")]
@@ -46,6 +63,18 @@ pub fn run(client: hoist::Client, opts: ServeOptions) -> Result<(), ServeError> 
         return Err(ServeError::NoToken(opts.listen));
     }
     limit_malloc_arenas();
+    net::raise_nofile_limit();
+    let net_opts = net::NetOptions {
+        max_connections: opts
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(opts.max_concurrent_builds)),
+        header_timeout: opts.header_timeout,
+        idle_timeout: opts.idle_timeout,
+    };
+    let listen = opts.listen;
+    let builds = opts.max_concurrent_builds.max(1);
+    // The state is checked (and refused if damaged) before anything listens.
+    let svc = service::Service::open(client, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
@@ -53,40 +82,43 @@ pub fn run(client: hoist::Client, opts: ServeOptions) -> Result<(), ServeError> 
         .build()
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(opts.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| ServeError::Listen {
-                addr: opts.listen,
+                addr: listen,
                 source,
             })?;
         let addr = listener
             .local_addr()
             .map_err(|e| ServeError::Setup(e.to_string()))?;
-        let n = opts.max_concurrent_builds.max(1);
-        let svc = service::Service::open(client, opts).map_err(ServeError::Setup)?;
-        for _ in 0..n {
+        for _ in 0..builds {
             tokio::spawn(svc.clone().worker());
         }
         // Tests and scripts wait for this line.
-        tracing::info!("listening on http://{addr}");
+        tracing::info!(
+            "at most {} connections; listening on http://{addr}",
+            net_opts.max_connections
+        );
         eprintln!("hoist serve: listening on http://{addr}");
         let app = api::router(svc.clone());
         let stop = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
             tracing::info!("shutting down");
         };
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await;
+        net::serve(listener, app, net_opts, stop).await;
         svc.shutdown().await;
         tracing::info!("stopped after {:?}", svc.uptime());
-        served.map_err(|e| ServeError::Setup(e.to_string()))
+        Ok::<(), ServeError>(())
     })?;
     // Blocking build threads that did not stop in time are left behind.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));

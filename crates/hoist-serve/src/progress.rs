@@ -26,17 +26,22 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn get(&self, digest: &str) -> Option<BuildProgress> {
-        self.builds.lock().expect("lock").get(digest).cloned()
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BuildProgress>> {
+        self.builds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-    pub fn clear(&self, digest: &str) {
-        self.builds.lock().expect("lock").remove(digest);
+    pub fn get(&self, digest: &Digest) -> Option<BuildProgress> {
+        self.lock().get(&digest.to_string()).cloned()
+    }
+    pub fn clear(&self, digest: &Digest) {
+        self.lock().remove(&digest.to_string());
     }
 }
 
 impl Progress for Tracker {
     fn event(&self, op: &OpId, e: &Event<'_>) {
-        let mut all = self.builds.lock().expect("lock");
+        let mut all = self.lock();
         let p = all.entry(op.as_str().to_string()).or_default();
         let mut blob = |d: &Digest, n: u64| {
             p.blobs.insert(d.clone(), n);

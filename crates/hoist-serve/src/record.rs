@@ -1,18 +1,19 @@
-//! The image record as the API shows it, made from a stored row, the
-//! queue and the progress tracker.
+//! The image record as the API shows it, made from a stored row, its place
+//! in the queue and its build's progress.
 
+use hoist::Digest;
 use serde::Serialize;
 
+use crate::db::{ImageRow, Status};
+use crate::disks::Disks;
 use crate::progress::BuildProgress;
-use crate::service::Service;
-use crate::state::{ImageRow, Status};
 
 /// The image record of the API: the Go original's fields plus `user`,
 /// `platform`, `format`, `disk_path`, `error_code` and `progress`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
     pub name: String,
-    pub digest: String,
+    pub digest: Digest,
     pub status: Status,
     pub queue_position: Option<usize>,
     pub error: Option<String>,
@@ -25,40 +26,30 @@ pub struct Record {
     pub user: Option<String>,
     pub platform: String,
     pub format: String,
+    /// Absolute: the data directory as the server was started on it, joined
+    /// with the stored relative path.
     pub disk_path: Option<String>,
     pub created_at: String,
     pub progress: Option<BuildProgress>,
 }
 
-impl Service {
-    pub(crate) fn record(&self, name: String, r: &ImageRow) -> Record {
-        let md: serde_json::Value = serde_json::from_str(&r.metadata).unwrap_or_default();
-        let strs = |k: &str| -> Option<Vec<String>> {
-            let v: Vec<String> = md[k]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (!v.is_empty()).then_some(v)
-        };
-        let opt = |k: &str| md[k].as_str().filter(|s| !s.is_empty()).map(String::from);
-        let env = md["env"]
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let queue_position = if r.status == Status::Pending {
-            let q = self.queue.lock().expect("lock");
-            q.waiting.iter().position(|d| d == &r.digest).map(|i| i + 1)
-        } else {
-            None
-        };
+fn some_vec(v: &[String]) -> Option<Vec<String>> {
+    (!v.is_empty()).then(|| v.to_vec())
+}
+
+fn some_str(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl Record {
+    pub(crate) fn new(
+        name: String,
+        r: &ImageRow,
+        queue_position: Option<usize>,
+        progress: Option<BuildProgress>,
+        disks: &Disks,
+    ) -> Record {
+        let md = &r.metadata;
         Record {
             name,
             digest: r.digest.clone(),
@@ -67,20 +58,16 @@ impl Service {
             error: r.error.clone(),
             error_code: r.error_code.clone(),
             size_bytes: r.size_bytes,
-            entrypoint: strs("entrypoint"),
-            cmd: strs("cmd"),
-            env,
-            working_dir: opt("working_dir"),
-            user: opt("user"),
-            platform: r.platform.clone(),
+            entrypoint: some_vec(&md.entrypoint),
+            cmd: some_vec(&md.cmd),
+            env: md.env.clone(),
+            working_dir: some_str(&md.working_dir),
+            user: some_str(&md.user),
+            platform: r.platform.to_string(),
             format: r.format.clone(),
-            disk_path: r.disk_path.clone(),
+            disk_path: Some(disks.abs(&r.disk_path).display().to_string()),
             created_at: r.created_at.clone(),
-            progress: if r.status.unfinished() {
-                self.tracker.get(&r.digest)
-            } else {
-                None
-            },
+            progress,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
 use crate::platform::Platform;
@@ -17,8 +17,10 @@ pub struct ImageConfig {
 }
 
 /// What a VM needs to run the image: the Go original's `containerMetadata`
-/// plus user, ports, labels and stop signal.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+/// plus user, ports, labels and stop signal. Read back through serde (the
+/// service stores it as JSON); a field missing from older JSON is empty.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct ImageMetadata {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,

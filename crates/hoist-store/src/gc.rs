@@ -103,6 +103,24 @@ impl Store {
         })
     }
 
+    /// Remove the temp files and leases whose writers are gone (what a
+    /// killed pull left: `*.partial` blobs, dead leases), and nothing else.
+    /// Judged by their locks, so a live writer's are never touched; safe
+    /// at any time, without the index lock. Returns what was removed.
+    pub fn sweep_temps(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = Vec::new();
+        for dir in ["tmp", "leases"] {
+            let dir = self.root().join(".hoist").join(dir);
+            let (stale, _) = crate::temp::scan(&dir).map_err(StoreError::io(&dir))?;
+            for p in stale {
+                if std::fs::remove_file(&p).is_ok() {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Remove names (`docker.io/library/alpine:latest`) from their images;
     /// an image goes with its last name. A `digest` (an image pulled by
     /// digest, or named by `repo@sha256:…`) removes its entry whatever names

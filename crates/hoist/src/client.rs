@@ -227,6 +227,54 @@ impl Client {
         &self.inner.store
     }
 
+    /// The platform of calls whose `Op` names none.
+    pub fn default_platform(&self) -> &Platform {
+        &self.opts().platform
+    }
+
+    /// Remove the temp files a killed process left in the cache (its
+    /// `*.partial` blobs and dead leases); a live writer's are never
+    /// touched. `hoist serve` runs this at start.
+    pub fn sweep_temps(&self) -> Result<Vec<PathBuf>, Error> {
+        Ok(self.store().sweep_temps()?)
+    }
+
+    /// The inspection of an image whose manifest and config the cache
+    /// holds, without any request; `None` when either is missing.
+    pub fn inspect_cached(&self, digest: &Digest) -> Result<Option<Inspection>, Error> {
+        let limit = self.opts().registry.max_manifest_size;
+        let Ok(bytes) = self.store().read_blob(digest, limit) else {
+            return Ok(None);
+        };
+        let what = digest.to_string();
+        let Manifest::Image(m) = manifest::parse_manifest(&bytes, None, &what)? else {
+            return Ok(None);
+        };
+        if !self.store().has_blob(&m.config.digest, m.config.size) {
+            return Ok(None);
+        }
+        let cfg_bytes = self
+            .store()
+            .read_blob(&m.config.digest, limit)
+            .map_err(|source| Error::Blob {
+                image: what.clone(),
+                source,
+            })?;
+        let cfg = metadata::parse_config(&cfg_bytes, &what)?;
+        Ok(Some(Inspection {
+            source: what,
+            digest: digest.clone(),
+            media_type: m.media_type.clone(),
+            platform: cfg.platform.clone(),
+            config: m.config.clone(),
+            layer_count: m.layers.len(),
+            layers_size: m.layers_size(),
+            layers: m.layers.clone(),
+            diff_ids: cfg.diff_ids,
+            metadata: cfg.metadata,
+        }))
+    }
+
     fn platform<'a>(&'a self, op: &'a Op) -> &'a Platform {
         op.platform.as_ref().unwrap_or(&self.opts().platform)
     }

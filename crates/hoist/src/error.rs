@@ -56,42 +56,7 @@ pub enum Error {
     },
 }
 
-/// What kind of failure, for callers that branch on it (the CLI's exit
-/// codes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    Usage,
-    NotFound,
-    Auth,
-    RateLimited,
-    Integrity,
-    /// The registry could not be reached or failed (5xx).
-    Unavailable,
-    Cancelled,
-    /// An address or registry this client refuses.
-    NotAllowed,
-    /// The image is over a hard limit (size, entries, layers).
-    TooLarge,
-    Other,
-}
-
-impl ErrorKind {
-    /// The documented exit code of the `hoist` command.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            ErrorKind::Usage => 2,
-            ErrorKind::NotFound => 3,
-            ErrorKind::Auth => 4,
-            ErrorKind::RateLimited => 5,
-            ErrorKind::Integrity => 6,
-            ErrorKind::TooLarge => 7,
-            ErrorKind::Cancelled => 130,
-            // Kept at 1, as before these kinds were told apart: scripts
-            // already branch on it.
-            ErrorKind::Unavailable | ErrorKind::NotAllowed | ErrorKind::Other => 1,
-        }
-    }
-}
+pub use hoist_spec::ErrorKind;
 
 fn store_kind(e: &StoreError) -> ErrorKind {
     match e {
@@ -111,7 +76,6 @@ impl Error {
     }
 
     pub fn kind(&self) -> ErrorKind {
-        use hoist_registry::ErrorKind as R;
         match self {
             Error::Spec(
                 SpecError::InvalidReference { .. }
@@ -120,16 +84,7 @@ impl Error {
             ) => ErrorKind::Usage,
             Error::Spec(SpecError::PlatformNotFound { .. }) => ErrorKind::NotFound,
             Error::Spec(_) => ErrorKind::Other,
-            Error::Registry(e) => match e.kind() {
-                R::NotFound => ErrorKind::NotFound,
-                R::Auth => ErrorKind::Auth,
-                R::RateLimited => ErrorKind::RateLimited,
-                R::Integrity => ErrorKind::Integrity,
-                R::Unavailable => ErrorKind::Unavailable,
-                R::Cancelled => ErrorKind::Cancelled,
-                R::NotAllowed => ErrorKind::NotAllowed,
-                R::Other => ErrorKind::Other,
-            },
+            Error::Registry(e) => e.kind(),
             Error::Store(e) | Error::Blob { source: e, .. } => store_kind(e),
             Error::LayoutTagNotFound { .. } => ErrorKind::NotFound,
             Error::Unpack {

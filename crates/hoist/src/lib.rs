@@ -22,9 +22,11 @@ pub use unpack::{UnpackOptions, Unpacked};
 
 /// The building blocks, for callers that need more than the facade.
 pub use hoist_registry::{
-    is_refused_ip, literal_ip, Credentials, Endpoint, HostsDir, RegistryError, RegistryOptions,
-    Resolver, RetryPolicy, TransportKind,
+    check_registry_host, host_ip, is_refused_ip, Credentials, Endpoint, HostsDir, RefusedHost,
+    RegistryError, RegistryOptions, Resolver, RetryPolicy, TransportKind,
 };
-pub use hoist_spec::{Cancel, Digest, ImageMetadata, Platform, Reference, SpecError};
+pub use hoist_spec::{
+    escape_controls, Cancel, Digest, ImageMetadata, Platform, Reference, SpecError,
+};
 pub use hoist_store::temp::{owner_is_gone as temp_owner_is_gone, stale_beside};
 pub use hoist_store::{FsckReport, GcReport, Removed};
