@@ -27,10 +27,15 @@ pub struct FsckReport {
 }
 
 impl FsckReport {
+    /// Nothing found: no corrupt blob, stray file or incomplete image, and
+    /// no temp file of a dead writer (a killed pull's; `--repair`, `gc` or
+    /// the next `hoist serve` start removes those). A live writer's temp
+    /// files are not counted.
     pub fn is_clean(&self) -> bool {
         self.corrupt_blobs.is_empty()
             && self.stray_files.is_empty()
             && self.incomplete_images.is_empty()
+            && self.stale_temp_files.is_empty()
     }
 }
 
@@ -64,9 +69,11 @@ pub(crate) fn run(store: &Store, repair: bool) -> Result<FsckReport, StoreError>
             }
         }
     }
-    let tmp = root.join(".hoist").join("tmp");
-    if let Ok((stale, _)) = crate::temp::scan(&tmp) {
-        r.stale_temp_files = stale;
+    for dir in ["tmp", "leases"] {
+        let dir = root.join(".hoist").join(dir);
+        if let Ok((stale, _)) = crate::temp::scan(&dir) {
+            r.stale_temp_files.extend(stale);
+        }
     }
     let images = store.images()?;
     let mut bad_images = Vec::new();

@@ -494,7 +494,12 @@ impl Client {
         let what = src.to_string();
         let f = self.fetcher(src, op)?;
         let r = self.resolve(f.as_ref(), &what, op)?;
+        // Regression: a GC between the config's download and its read took
+        // the blob (no image reaches it yet): the lease keeps it meanwhile.
+        let mut lease = self.store().lease()?;
+        lease.add(&[r.raw.digest.clone(), r.manifest.config.digest.clone()])?;
         let cfg = self.config(f.as_ref(), &r.manifest, &what, op)?;
+        drop(lease);
         self.check_platform(&r, &cfg, &what, op)?;
         let m = &r.manifest;
         Ok(Inspection {

@@ -15,4 +15,5 @@ mod mirrors;
 mod pull;
 mod robustness;
 mod serve;
+mod serve_hardening;
 mod unpack;

@@ -243,7 +243,7 @@ fn serve_requeues_a_failed_image_and_refuses_images_over_the_limits() {
 
 /// A slow image: a 3 MiB layer served slowly (the pull takes a while) and a
 /// layer of 25,000 small files (the export takes a while).
-fn slow_many_files(f: &FaultRegistry, seed: u64) -> image::Image {
+pub(crate) fn slow_many_files(f: &FaultRegistry, seed: u64) -> image::Image {
     let names: Vec<String> = (0..25_000).map(|i| format!("d{}/f{i}", i % 100)).collect();
     let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x\n"[..])).collect();
     let img = Builder::new()

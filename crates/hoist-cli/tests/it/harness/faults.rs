@@ -43,6 +43,10 @@ pub struct Plan {
     /// Answer requests without an Authorization header with a Basic
     /// challenge (401).
     pub require_basic: bool,
+    /// After serving this many blob requests, answer every blob request
+    /// with 403 DENIED and this message (sent JSON-escaped, so it may hold
+    /// newlines and escapes).
+    pub blob_denied: Option<(usize, String)>,
 }
 
 pub struct FaultRegistry {
@@ -205,6 +209,14 @@ fn handle(
             Some((ct, body)) => respond(s, 200, &[("Content-Type", ct)], &body),
             None => respond_error(s, 404, "MANIFEST_UNKNOWN", &[]),
         };
+    }
+    if let Some((0, msg)) = &p.blob_denied {
+        let body = serde_json::json!({"errors": [{"code": "DENIED", "message": msg}]}).to_string();
+        let h = [("Content-Type", "application/json".to_string())];
+        return respond(s, 403, &h, body.as_bytes());
+    }
+    if let Some((n, _)) = p.blob_denied.as_mut() {
+        *n = n.saturating_sub(1);
     }
     if take(&mut p.blob_503) {
         return respond_error(s, 503, "UNAVAILABLE", &[]);

@@ -35,6 +35,17 @@ pub fn enc(name: &str) -> String {
 impl Server {
     /// Start `hoist serve` on `data` and wait for it to listen.
     pub fn start(h: &Hoist, data: &Path, token: Option<&str>, extra: &[&str]) -> Server {
+        Self::start_with(h, data, token, extra, |_| {})
+    }
+
+    /// The same, with the command adjusted first (limits, environment).
+    pub fn start_with(
+        h: &Hoist,
+        data: &Path,
+        token: Option<&str>,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Server {
         let mut c = h.cmd();
         c.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
@@ -47,6 +58,7 @@ impl Server {
         if let Some(t) = token {
             c.env("HOIST_TOKEN", t);
         }
+        adjust(&mut c);
         let mut child = c.spawn().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -161,6 +173,24 @@ impl Server {
         self.text("/metrics")
             .lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// A raw request: method, path, body; the status and the answer's
+    /// content type and text.
+    pub fn raw(&self, m: &str, path: &str, body: &str) -> (u16, String, String) {
+        let r = self
+            .req(m.parse().unwrap(), path)
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (status, ct, r.text().unwrap_or_default())
     }
 
     /// SIGKILL, and reap.
