@@ -73,7 +73,9 @@ impl BlockArea {
             c.check().map_err(io::Error::other)?;
         }
         if !self.buf.is_empty() {
-            self.file.write_all_at(&self.buf, self.buf_start * BLOCK)?;
+            self.file
+                .write_all_at(&self.buf, self.buf_start * BLOCK)
+                .map_err(hoist_unpack::write_failed)?;
             self.buf_start += (self.buf.len() as u64) / BLOCK;
             self.buf.clear();
         }

@@ -15,6 +15,10 @@ pub enum UnpackError {
     NotADirectory(String),
     #[error("reading the layer: {0}")]
     Read(#[source] std::io::Error),
+    /// The output could not be written (a full disk, say); the caller
+    /// names the output.
+    #[error("writing the output: {0}")]
+    Write(#[source] std::io::Error),
     #[error(
         "layer {layer}: uncompressed digest (diff_id) mismatch: expected {expected}, got {actual}"
     )]

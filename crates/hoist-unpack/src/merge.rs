@@ -30,6 +30,40 @@ pub trait ContentSink {
     fn release(&mut self, h: Self::Handle);
 }
 
+/// A sink's own write failed (its output, not the layer): sinks return
+/// write errors wrapped in this ([`write_failed`]), so that the merge says
+/// "writing", not "reading the layer", when the disk is full.
+#[derive(Debug)]
+pub struct WriteFailed(pub io::Error);
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for WriteFailed {}
+
+/// Mark `e` as a failure to write the sink's output.
+pub fn write_failed(e: io::Error) -> io::Error {
+    if e.get_ref().is_some_and(|x| x.is::<WriteFailed>()) {
+        return e;
+    }
+    io::Error::new(e.kind(), WriteFailed(e))
+}
+
+/// A sink's error: a write failure if the sink marked it so, else reading.
+fn sink_error(e: io::Error) -> UnpackError {
+    if !e.get_ref().is_some_and(|x| x.is::<WriteFailed>()) {
+        return UnpackError::Read(e);
+    }
+    match e.into_inner().map(|b| b.downcast::<WriteFailed>()) {
+        Some(Ok(w)) => UnpackError::Write(w.0),
+        Some(Err(other)) => UnpackError::Read(io::Error::other(other)),
+        None => UnpackError::Read(io::Error::other("unknown sink error")),
+    }
+}
+
 pub type NodeId = u32;
 /// Extended attributes as the tar headers give them: (name, value).
 pub type Xattrs = Vec<(String, Vec<u8>)>;
@@ -435,7 +469,7 @@ impl<H> MergedTree<H> {
                     inner: &mut *e,
                     left: size,
                 };
-                let content = sink.store(size, &mut counted).map_err(UnpackError::Read)?;
+                let content = sink.store(size, &mut counted).map_err(sink_error)?;
                 Body::File {
                     size,
                     content: Some(content),

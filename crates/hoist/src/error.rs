@@ -30,6 +30,14 @@ pub enum Error {
     },
     #[error("{path}: {reason}")]
     Target { path: String, reason: String },
+    /// Writing the output failed here (a full disk, a read-only file
+    /// system): said as a write, naming the output.
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("exporting {image}: {source}")]
     Export {
         image: String,
@@ -99,7 +107,12 @@ impl Error {
                 source: UnpackError::Cancelled,
                 ..
             } => ErrorKind::Cancelled,
+            Error::Unpack {
+                source: UnpackError::Io { .. } | UnpackError::Write(_),
+                ..
+            } => ErrorKind::Io,
             Error::Unpack { .. } => ErrorKind::Other,
+            Error::Write { .. } => ErrorKind::Io,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::NotInCache { .. } => ErrorKind::NotFound,
             Error::Limit { .. } => ErrorKind::TooLarge,
@@ -108,6 +121,10 @@ impl Error {
                 source: ExportError::TooSmall { .. },
                 ..
             } => ErrorKind::Usage,
+            Error::Export {
+                source: ExportError::Io { .. } | ExportError::Write(_),
+                ..
+            } => ErrorKind::Io,
             Error::Export { .. } => ErrorKind::Other,
             Error::Layout { .. } => ErrorKind::Other,
         }

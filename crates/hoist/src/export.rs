@@ -106,6 +106,27 @@ fn file_bytes<H>(tree: &MergedTree<H>) -> u64 {
         .sum()
 }
 
+/// A failure to write the image, said as a write of `out` (not "reading
+/// the layer", where the merge met it; not the temp file's name).
+fn as_write_error(out: &Path, e: Error) -> Error {
+    let path = out.display().to_string();
+    match e {
+        Error::Unpack {
+            source: hoist_unpack::UnpackError::Write(source),
+            ..
+        }
+        | Error::Export {
+            source: hoist_export::ExportError::Write(source),
+            ..
+        } => Error::Write { path, source },
+        Error::Export {
+            source: hoist_export::ExportError::Io { source, .. },
+            ..
+        } if source.kind() == std::io::ErrorKind::StorageFull => Error::Write { path, source },
+        e => e,
+    }
+}
+
 impl Client {
     /// Pull (through the cache) as needed, then write a disk image of the
     /// image's root filesystem to `out` (atomically) with the image's true
@@ -133,11 +154,15 @@ impl Client {
         // Locked for as long as this export runs; removed on any error.
         let temp = TempFile::create(tmp.clone()).map_err(|e| self.io_err(&tmp, e))?;
         let made = match opts.format {
-            Format::Ext4 => self.export_ext4(src, &tmp, opts, op)?,
-            Format::Cpio { gzip } => self.export_cpio(src, out, &tmp, gzip, op)?,
-            Format::Erofs { lz4 } => self.export_erofs(src, &tmp, lz4, op)?,
-        };
-        temp.persist(out).map_err(|e| self.io_err(out, e))?;
+            Format::Ext4 => self.export_ext4(src, &tmp, opts, op),
+            Format::Cpio { gzip } => self.export_cpio(src, out, &tmp, gzip, op),
+            Format::Erofs { lz4 } => self.export_erofs(src, &tmp, lz4, op),
+        }
+        .map_err(|e| as_write_error(out, e))?;
+        temp.persist(out).map_err(|source| Error::Write {
+            path: out.display().to_string(),
+            source,
+        })?;
         let size = std::fs::metadata(out)
             .map_err(|e| self.io_err(out, e))?
             .len();
