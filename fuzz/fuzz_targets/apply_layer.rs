@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use hoist_unpack::{Ownership, UnpackOptions, Unpacker};
+use hoist_unpack::{Ownership, LayerOptions, Unpacker};
 use libfuzzer_sys::fuzz_target;
 
 struct Sandbox {
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         None => (data, &[][..]),
     };
     let ownership = if data.first().is_some_and(|x| x & 1 == 1) { Ownership::Caller } else { Ownership::default_for_process() };
-    if let Ok(mut u) = Unpacker::new(&root, UnpackOptions { ownership }) {
+    if let Ok(mut u) = Unpacker::new(&root, LayerOptions { ownership, ..LayerOptions::default() }) {
         if u.apply_layer(&mut &a[..]).is_ok() {
             let _ = u.apply_layer(&mut &b[..]);
         }

@@ -149,14 +149,14 @@ struct State {
 /// One request's retry budget: every attempt of every loop the request
 /// goes through (endpoints, `send`, a manifest's body, a blob's resumes)
 /// counts against the same `--retries` and `--retry-max-time`.
-pub(crate) struct Budget {
+pub(crate) struct RetryBudget {
     attempts: u32,
     started: Instant,
 }
 
-impl Budget {
-    pub(crate) fn new() -> Budget {
-        Budget {
+impl RetryBudget {
+    pub(crate) fn new() -> RetryBudget {
+        RetryBudget {
             attempts: 0,
             started: Instant::now(),
         }
@@ -380,11 +380,11 @@ impl RegistryClient {
     }
 
     /// Count an attempt against the request's budget.
-    pub(crate) fn attempt(&self, b: &mut Budget) {
+    pub(crate) fn attempt(&self, b: &mut RetryBudget) {
         b.attempts += 1;
     }
 
-    pub(crate) fn can_retry(&self, b: &Budget) -> bool {
+    pub(crate) fn can_retry(&self, b: &RetryBudget) -> bool {
         b.attempts < self.opts.retry.max_attempts
             && b.started.elapsed() < self.opts.retry.max_elapsed
     }
@@ -394,7 +394,7 @@ impl RegistryClient {
         &self,
         call: &Call,
         ctx: &ErrorContext,
-        b: &Budget,
+        b: &RetryBudget,
         why: &str,
     ) -> Result<(), RegistryError> {
         let d = self.opts.retry.backoff(b.attempts);
@@ -413,7 +413,7 @@ impl RegistryClient {
         scope: &str,
         ctx: &ErrorContext,
         call: &Call,
-        budget: &mut Budget,
+        budget: &mut RetryBudget,
     ) -> Result<Option<String>, RegistryError> {
         let host = ep.host.as_str();
         let mode = self.state.lock().expect("lock").auth.get(host).cloned();
@@ -457,7 +457,7 @@ impl RegistryClient {
         scope: &str,
         ctx: &ErrorContext,
         call: &Call,
-        budget: &mut Budget,
+        budget: &mut RetryBudget,
     ) -> Result<Token, RegistryError> {
         let mut url = url::Url::parse(realm).map_err(|e| RegistryError::Protocol {
             ctx: ctx.clone(),
@@ -574,7 +574,7 @@ impl RegistryClient {
         path: &str,
         headers: &HeaderMap,
         call: &Call,
-        budget: &mut Budget,
+        budget: &mut RetryBudget,
         need: Need,
         from: &mut usize,
     ) -> Result<(Response, Endpoint, bool), RegistryError> {
@@ -623,12 +623,12 @@ impl RegistryClient {
         path: &str,
         headers: &HeaderMap,
         call: &Call,
-        budget: &mut Budget,
+        budget: &mut RetryBudget,
         retry: bool,
     ) -> Result<Response, RegistryError> {
         let host = ep.host.as_str();
         let client = self.client_of(ep)?;
-        let can_retry = |b: &Budget| retry && self.can_retry(b);
+        let can_retry = |b: &RetryBudget| retry && self.can_retry(b);
         let scope = format!("repository:{}:pull", r.repository());
         let mut reauthed = false;
         // Set while trying plain HTTP after HTTPS failed: if HTTP fails too,

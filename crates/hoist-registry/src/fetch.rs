@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use hoist_spec::{media, Digest, Reference};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, RANGE};
 
-use crate::client::{ctx_of, BlobSink, Budget, Call, RawManifest, RegistryClient};
+use crate::client::{ctx_of, BlobSink, Call, RawManifest, RegistryClient, RetryBudget};
 use crate::endpoint::Need;
 use crate::error::RegistryError;
 
@@ -31,7 +31,7 @@ impl RegistryClient {
         } else {
             Need::Resolve
         };
-        let mut budget = Budget::new();
+        let mut budget = RetryBudget::new();
         let mut from = 0;
         loop {
             let (resp, ep, next) = self.send_any(
@@ -150,7 +150,7 @@ impl RegistryClient {
     ) -> Result<(), RegistryError> {
         let ctx = ctx_of(r, &digest.to_string());
         let path = format!("blobs/{digest}");
-        let mut budget = Budget::new();
+        let mut budget = RetryBudget::new();
         let mut from = 0;
         let mut buf = vec![0u8; 256 << 10];
         let sink_err = |ctx: &crate::ErrorContext, source| RegistryError::Sink {

@@ -38,15 +38,15 @@ impl Ownership {
 }
 
 #[derive(Debug, Clone)]
-pub struct UnpackOptions {
+pub struct LayerOptions {
     pub ownership: Ownership,
     /// Cancellation and the entry budget, checked before every entry.
     pub guard: crate::Guard,
 }
 
-impl Default for UnpackOptions {
+impl Default for LayerOptions {
     fn default() -> Self {
-        UnpackOptions {
+        LayerOptions {
             ownership: Ownership::default_for_process(),
             guard: crate::Guard::default(),
         }
@@ -70,7 +70,7 @@ struct PendingDir {
 
 pub struct Unpacker {
     root: Root,
-    opts: UnpackOptions,
+    opts: LayerOptions,
     dirs: BTreeMap<Vec<u8>, PendingDir>,
     tree: TreeMeta,
     /// Paths this layer created: whiteouts and opaque markers only hide
@@ -225,7 +225,7 @@ fn set_xattrs(fd: BorrowedFd<'_>, rel: &[u8], xattrs: &[(String, Vec<u8>)]) {
 
 impl Unpacker {
     /// Start unpacking into `root`, an existing (empty) directory.
-    pub fn new(root: &Path, opts: UnpackOptions) -> Result<Unpacker, UnpackError> {
+    pub fn new(root: &Path, opts: LayerOptions) -> Result<Unpacker, UnpackError> {
         let r = Root::open(root)?;
         let mut tree = TreeMeta::default();
         tree.entries.insert(Vec::new(), EntryMeta::implicit_dir());

@@ -17,7 +17,7 @@ mod stream;
 
 pub use error::UnpackError;
 pub use guard::Guard;
-pub use layer::{LayerStats, Ownership, UnpackOptions, Unpacker};
+pub use layer::{LayerOptions, LayerStats, Ownership, Unpacker};
 pub use merge::{write_failed, Body, ContentSink, MergedTree, Node, NodeId, WriteFailed, ROOT};
 pub use meta::{EntryMeta, EntryType, TreeMeta};
 pub use root::remove_tree;

@@ -9,9 +9,7 @@ use std::sync::{Condvar, Mutex};
 
 use hoist_spec::{Cancel, Digest, ImageConfig, ImageManifest, ImageMetadata, Platform};
 use hoist_store::temp::DirLock;
-use hoist_unpack::{
-    Guard, LayerStream, Ownership, UnpackError, UnpackOptions as LayerOptions, Unpacker,
-};
+use hoist_unpack::{Guard, LayerOptions, LayerStream, Ownership, UnpackError, Unpacker};
 use serde::Serialize;
 
 use crate::client::{Client, PullEvents, Pulled};
@@ -164,7 +162,7 @@ impl Read for BlobReader {
 /// The uncompressed stream, held to the image's byte budget and to the
 /// bomb ratio. A violation is kept in `exceeded` (the tar reader would
 /// flatten a typed error into text) and reported by `stream_layers`.
-struct Budget<'a> {
+struct LimitedStream<'a> {
     inner: &'a mut LayerStream,
     total: &'a Cell<u64>,
     layer: u64,
@@ -174,7 +172,7 @@ struct Budget<'a> {
     exceeded: &'a Cell<Option<(&'static str, u64, u64)>>,
 }
 
-impl Read for Budget<'_> {
+impl Read for LimitedStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.layer += n as u64;
@@ -259,7 +257,7 @@ impl Client {
                 verify_blobs.then(|| d.digest.algorithm()),
                 diff_id.algorithm(),
             );
-            let mut budget = Budget {
+            let mut budget = LimitedStream {
                 inner: &mut stream,
                 total: &total,
                 layer: 0,

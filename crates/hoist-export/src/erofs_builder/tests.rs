@@ -270,7 +270,7 @@ pub(super) fn same_as_unpacked(img: &Path, layers: &[Vec<u8>], tmp: &Path) -> bo
     std::fs::create_dir(&dir).unwrap();
     let mut u = hoist_unpack::Unpacker::new(
         &dir,
-        hoist_unpack::UnpackOptions {
+        hoist_unpack::LayerOptions {
             ownership: hoist_unpack::Ownership::Preserve,
             ..Default::default()
         },

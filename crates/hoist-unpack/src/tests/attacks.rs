@@ -293,7 +293,7 @@ fn an_entry_budget_stops_a_layer_of_many_entries_at_the_limit() {
     std::fs::create_dir(&root).unwrap();
     let mut u = crate::Unpacker::new(
         &root,
-        crate::UnpackOptions {
+        crate::LayerOptions {
             guard: crate::Guard::new(None, Some(10)),
             ..Default::default()
         },

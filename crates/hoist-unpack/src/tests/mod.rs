@@ -7,7 +7,7 @@ pub mod tarb;
 
 use std::path::{Path, PathBuf};
 
-use crate::{Ownership, TreeMeta, UnpackOptions, Unpacker};
+use crate::{LayerOptions, Ownership, TreeMeta, Unpacker};
 
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -24,9 +24,9 @@ pub fn apply(
     let res = (|| {
         let mut u = Unpacker::new(
             &root,
-            UnpackOptions {
+            LayerOptions {
                 ownership,
-                ..UnpackOptions::default()
+                ..LayerOptions::default()
             },
         )?;
         for l in layers {
