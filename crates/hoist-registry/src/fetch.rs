@@ -7,9 +7,10 @@ use std::io::{self, Read};
 use hoist_spec::{media, Digest, Reference};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, RANGE};
 
-use crate::client::{ctx_of, BlobSink, Call, RawManifest, RegistryClient, RetryBudget};
+use crate::client::{ctx_of, BlobSink, Call, RawManifest, RegistryClient};
 use crate::endpoint::Need;
 use crate::error::RegistryError;
+use crate::send::{Answer, Request};
 
 impl RegistryClient {
     /// Fetch a manifest or index by tag or digest, verified, never buffering
@@ -23,27 +24,21 @@ impl RegistryClient {
     ) -> Result<RawManifest, RegistryError> {
         let ctx = ctx_of(r, target);
         let limit = self.options().max_manifest_size;
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static(media::MANIFEST_ACCEPT));
         let pinned = target.parse::<Digest>().ok();
         let need = if pinned.is_some() {
             Need::Pull
         } else {
             Need::Resolve
         };
-        let mut budget = RetryBudget::new();
-        let mut from = 0;
+        let mut req = Request::new(r, ctx.clone(), format!("manifests/{target}"), call, need);
+        req.headers
+            .insert(ACCEPT, HeaderValue::from_static(media::MANIFEST_ACCEPT));
         loop {
-            let (resp, ep, next) = self.send_any(
-                r,
-                &ctx,
-                &format!("manifests/{target}"),
-                &headers,
-                call,
-                &mut budget,
-                need,
-                &mut from,
-            )?;
+            let Answer {
+                resp,
+                endpoint: ep,
+                more: next,
+            } = self.send_any(&mut req)?;
             // What a mirror gets wrong is reason to ask the next host.
             let skip = |e: &RegistryError| {
                 if ep.is_mirror() && next {
@@ -61,7 +56,7 @@ impl RegistryClient {
                     limit,
                 };
                 if skip(&e) {
-                    from += 1;
+                    req.from += 1;
                     continue;
                 }
                 return Err(e);
@@ -84,11 +79,11 @@ impl RegistryClient {
                     source: None,
                 };
                 if skip(&err) {
-                    from += 1;
+                    req.from += 1;
                     continue;
                 }
-                if self.can_retry(&budget) {
-                    self.pause(call, &ctx, &budget, &e.to_string())?;
+                if self.can_retry(&req.budget) {
+                    self.pause(call, &ctx, &req.budget, &e.to_string())?;
                     continue;
                 }
                 return Err(err);
@@ -113,7 +108,7 @@ impl RegistryClient {
                             actual,
                         };
                         if skip(&e) {
-                            from += 1;
+                            req.from += 1;
                             continue;
                         }
                         return Err(e);
@@ -149,9 +144,7 @@ impl RegistryClient {
         call: &Call,
     ) -> Result<(), RegistryError> {
         let ctx = ctx_of(r, &digest.to_string());
-        let path = format!("blobs/{digest}");
-        let mut budget = RetryBudget::new();
-        let mut from = 0;
+        let mut req = Request::new(r, ctx.clone(), format!("blobs/{digest}"), call, Need::Pull);
         let mut buf = vec![0u8; 256 << 10];
         let sink_err = |ctx: &crate::ErrorContext, source| RegistryError::Sink {
             ctx: ctx.clone(),
@@ -159,23 +152,18 @@ impl RegistryClient {
         };
         loop {
             let offset = sink.written();
-            let mut headers = HeaderMap::new();
+            req.headers = HeaderMap::new();
             if offset > 0 {
-                headers.insert(
-                    RANGE,
-                    HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"),
-                );
+                // Digits and ASCII only: always a valid header value.
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-")) {
+                    req.headers.insert(RANGE, v);
+                }
             }
-            let (mut resp, ep, next) = self.send_any(
-                r,
-                &ctx,
-                &path,
-                &headers,
-                call,
-                &mut budget,
-                Need::Pull,
-                &mut from,
-            )?;
+            let Answer {
+                mut resp,
+                endpoint: ep,
+                more: next,
+            } = self.send_any(&mut req)?;
             let mirror_to_skip = ep.is_mirror() && next;
             if offset > 0 {
                 let resumed = resp.status().as_u16() == 206
@@ -237,7 +225,7 @@ impl RegistryClient {
                             ep.host
                         );
                         sink.reset().map_err(|e| sink_err(&ctx, e))?;
-                        from += 1;
+                        req.from += 1;
                         continue;
                     }
                     Err(actual) => {
@@ -258,7 +246,7 @@ impl RegistryClient {
                 // is kept.
                 tracing::info!("{}: {why}; trying the next host", ep.host);
                 sink.reset().map_err(|e| sink_err(&ctx, e))?;
-                from += 1;
+                req.from += 1;
                 continue;
             }
             if oversize {
@@ -269,8 +257,8 @@ impl RegistryClient {
                     actual: sink.written().max(size + 1),
                 });
             }
-            if self.can_retry(&budget) {
-                self.pause(call, &ctx, &budget, &why)?;
+            if self.can_retry(&req.budget) {
+                self.pause(call, &ctx, &req.budget, &why)?;
                 continue;
             }
             return Err(RegistryError::Transport {

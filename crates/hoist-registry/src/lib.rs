@@ -15,6 +15,8 @@ mod fetch;
 mod guard;
 mod hosts;
 mod retry;
+mod send;
+mod tokens;
 
 pub use client::{
     BlobSink, Call, RawManifest, RegistryClient, RegistryOptions, DEFAULT_MAX_MANIFEST_SIZE,
