@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hoist::{
     Client, ClientOptions, Credentials, ImageSource, Limits, Op, Platform, Progress,
-    RegistryOptions,
+    RegistryOptions, RetryPolicy,
 };
 use hoist_serve::ServeOptions;
 
@@ -73,22 +73,22 @@ struct Global {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Attempts per request for connection errors, 408 and 5xx.
-    #[arg(long, global = true, default_value_t = 5, value_name = "N")]
+    #[arg(long, global = true, default_value_t = RetryPolicy::default().max_attempts, value_name = "N")]
     retries: u32,
     /// Stop retrying a request after this many seconds.
-    #[arg(long, global = true, default_value_t = 120, value_name = "SECS")]
+    #[arg(long, global = true, default_value_t = RetryPolicy::default().max_elapsed.as_secs(), value_name = "SECS")]
     retry_max_time: u64,
     /// On HTTP 429, wait for Retry-After (up to SECS, default 300) instead of failing.
     #[arg(long, global = true, value_name = "SECS", num_args = 0..=1, require_equals = true, default_missing_value = "300")]
     retry_rate_limit: Option<u64>,
     /// Refuse manifests, indexes and configs larger than this.
-    #[arg(long, global = true, default_value_t = 4 << 20, value_name = "BYTES")]
+    #[arg(long, global = true, default_value_t = RegistryOptions::default().max_manifest_size, value_name = "BYTES")]
     max_manifest_size: u64,
     /// Fail (and retry) a read that stalls this long.
-    #[arg(long, global = true, default_value_t = 30, value_name = "SECS")]
+    #[arg(long, global = true, default_value_t = RegistryOptions::default().stall_timeout.as_secs(), value_name = "SECS")]
     timeout: u64,
     /// Blobs downloaded at once.
-    #[arg(long, global = true, default_value_t = 4, value_name = "N")]
+    #[arg(long, global = true, default_value_t = ClientOptions::default().concurrency, value_name = "N")]
     concurrency: usize,
     #[command(flatten)]
     limits: LimitArgs,
@@ -98,13 +98,13 @@ struct Global {
 #[derive(clap::Args, Clone)]
 struct LimitArgs {
     /// Refuse an image whose layers inflate to more than this (e.g. 64G).
-    #[arg(long, global = true, value_parser = parse_size, default_value = "64G", value_name = "BYTES")]
+    #[arg(long, global = true, value_parser = parse_size, default_value_t = Limits::default().max_image_bytes, value_name = "BYTES")]
     max_image_bytes: u64,
     /// Refuse an image with more tar entries than this.
-    #[arg(long, global = true, default_value_t = 5_000_000, value_name = "N")]
+    #[arg(long, global = true, default_value_t = Limits::default().max_entries, value_name = "N")]
     max_entries: u64,
     /// Refuse an image with more layers than this.
-    #[arg(long, global = true, default_value_t = 256, value_name = "N")]
+    #[arg(long, global = true, default_value_t = Limits::default().max_layers, value_name = "N")]
     max_layers: usize,
 }
 

@@ -312,6 +312,7 @@ fn skopeo_and_umoci_read_the_cache() {
     let bundle = h.home.path().join("bundle");
     let mut umoci = std::process::Command::new("umoci");
     umoci.arg("unpack");
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
     if unsafe { libc::geteuid() } != 0 {
         umoci.arg("--rootless");
     }

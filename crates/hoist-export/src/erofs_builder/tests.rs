@@ -205,7 +205,7 @@ fn random_layer_stacks_give_images_fsck_erofs_accepts() {
 /// as root every 25th is also mounted by the kernel and compared with the
 /// unpacker's tree of the same layers.
 pub(super) fn random_images_pass_fsck_and_match_the_kernel(
-    stacks: &Stacks,
+    stacks: &Stacks<'_>,
     tmp: &Path,
     build: impl Fn(&Path, &[Vec<u8>]) -> Result<(), String>,
 ) {

@@ -453,7 +453,7 @@ pub(crate) struct Stacks<'a> {
 /// cannot run here (it has said SKIPPED), which ends the run: None.
 /// Otherwise, how many images were checked (at least 200).
 pub(crate) fn each_random_image(
-    s: &Stacks,
+    s: &Stacks<'_>,
     ext: &str,
     tmp: &Path,
     build: impl Fn(&Path, &[Vec<u8>]) -> Result<(), String>,

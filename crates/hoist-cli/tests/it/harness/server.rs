@@ -204,6 +204,7 @@ impl Server {
     pub fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
         let mut c = self.child.take().unwrap();
         let t = Instant::now();
+        // SAFETY: kill(2) on our own child, which we have not reaped.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         loop {
             if let Some(s) = c.try_wait().unwrap() {
