@@ -219,6 +219,11 @@ struct ServeArgs {
     /// 64 + 32 per concurrent build].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// The name clients push to and pull from this server as a registry
+    /// (HOST[:PORT]); pushed images are named under it [default: the
+    /// listen address].
+    #[arg(long, value_name = "HOST[:PORT]")]
+    registry_name: Option<String>,
     /// Seconds a client has to send a request's headers.
     #[arg(long, default_value_t = ServeOptions::default().header_timeout.as_secs(), value_name = "SECS")]
     header_timeout: u64,
@@ -267,6 +272,7 @@ fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
             allowed_registries: a.allowed_registries.clone(),
             limits: g.limits.limits(),
             max_connections: a.max_connections.filter(|n| *n > 0),
+            registry_name: a.registry_name.clone(),
             header_timeout: Duration::from_secs(a.header_timeout.max(1)),
             idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
         },

@@ -73,7 +73,19 @@ pub fn run(client: hoist::Client, opts: ServeOptions) -> Result<(), ServeError> 
     };
     let listen = opts.listen;
     let builds = opts.max_concurrent_builds.max(1);
-    // The state is checked (and refused if damaged) before anything listens.
+    let listener = std::net::TcpListener::bind(listen).map_err(|source| ServeError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let mut opts = opts;
+    if opts.registry_name.is_none() {
+        opts.registry_name = Some(addr.to_string());
+    }
+    // The state is checked (and refused if damaged) before anything is
+    // accepted.
     let svc = service::Service::open(client, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,14 +94,10 @@ pub fn run(client: hoist::Client, opts: ServeOptions) -> Result<(), ServeError> 
         .build()
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|source| ServeError::Listen {
-                addr: listen,
-                source,
-            })?;
-        let addr = listener
-            .local_addr()
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| ServeError::Setup(e.to_string()))?;
         for _ in 0..builds {
             tokio::spawn(svc.clone().worker());

@@ -21,6 +21,9 @@ pub struct ServeOptions {
     /// Open connections at most; `None`: derived from the descriptor limit
     /// ([`crate::net::default_max_connections`]).
     pub max_connections: Option<usize>,
+    /// The name this server goes by as a registry (`HOST[:PORT]`): pushed
+    /// images are named under it. `None` until the listen address is known.
+    pub registry_name: Option<String>,
     /// A client must send a request's headers within this.
     pub header_timeout: Duration,
     /// A kept-alive connection with no request in flight is closed after
@@ -50,6 +53,7 @@ impl Default for ServeOptions {
             allowed_registries: Vec::new(),
             limits: Limits::default(),
             max_connections: None,
+            registry_name: None,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
         }

@@ -124,6 +124,12 @@ impl Service {
         Ok(())
     }
 
+    /// Whether `host` names this server itself (`--registry-name`, else its
+    /// listen address): images there were pushed, and live in the cache.
+    pub(crate) fn is_own_registry(&self, host: &str) -> bool {
+        self.opts.registry_name.as_deref() == Some(host)
+    }
+
     pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }

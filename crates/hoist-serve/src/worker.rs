@@ -2,10 +2,11 @@
 //! builds it on a blocking thread through the facade (one shared `Client`:
 //! one download limit, single flight of blobs), and reports the outcome.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hoist::{ErrorKind, ExportOptions, ImageSource, Op, OpId, Progress, Reference};
+use hoist::{ErrorKind, Event, ExportOptions, ImageSource, Op, OpId, Progress, Reference};
 
 use crate::book::{Job, Outcome};
 use crate::error::ServiceError;
@@ -56,7 +57,7 @@ impl Service {
     }
 
     /// One build from start to its recorded end; returns the metric label.
-    fn run(&self, job: Job) -> &'static str {
+    fn run(self: &Arc<Self>, job: Job) -> &'static str {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build(&job)))
             .unwrap_or_else(|_| {
                 Outcome::Failed(ServiceError::Internal("the build panicked".into()))
@@ -86,39 +87,31 @@ impl Service {
         status
     }
 
-    /// Pull, then export, each state change committed first.
-    fn build(&self, job: &Job) -> Outcome {
+    /// One facade call: export resolves the image once, pulls what the
+    /// cache lacks while it applies the layers, and writes the disk. The
+    /// record moves to `converting` when the facade says every blob is in
+    /// the cache. A pushed image (its host is this server) is built from
+    /// the cache alone: no registry is contacted.
+    fn build(self: &Arc<Self>, job: &Job) -> Outcome {
         let r: Reference = match format!("{}@{}", job.repo, job.digest).parse() {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(ServiceError::internal(e)),
         };
+        let local = self.is_own_registry(r.registry());
         let src = ImageSource::Registry(r);
-        let op = Op::new()
+        let events = Arc::new(BuildEvents {
+            svc: self.clone(),
+            job: job.clone(),
+            pulled: AtomicBool::new(false),
+        });
+        let mut op = Op::new()
             .with_id(OpId::new(job.digest.to_string()))
             .with_cancel(job.cancel.clone())
-            .with_progress(self.tracker.clone() as Arc<dyn Progress>)
+            .with_progress(events.clone() as Arc<dyn Progress>)
             .with_limits(self.opts.limits)
             .with_platform(job.platform.clone());
-        let failed = |e: hoist::Error| -> Outcome {
-            if job.cancel.is_cancelled() || matches!(e.kind(), ErrorKind::Cancelled) {
-                return Outcome::Cancelled;
-            }
-            Outcome::Failed(ServiceError::from(&e))
-        };
-        let pulled = self.client.pull(&src, &op);
-        self.metrics
-            .pulls
-            .get_or_create(&label(if pulled.is_ok() { "ok" } else { "failed" }))
-            .inc();
-        if let Err(e) = pulled {
-            self.count_unreachable(&e);
-            return failed(e);
-        }
-        let advanced = self.book().advance(job);
-        match advanced {
-            Ok(true) => {}
-            Ok(false) => return Outcome::Cancelled,
-            Err(e) => return Outcome::Failed(e),
+        if local {
+            op = op.offline();
         }
         let out = self.disks.abs(&job.disk_path);
         if let Some(dir) = out.parent() {
@@ -130,9 +123,47 @@ impl Service {
             format: self.opts.format,
             ..ExportOptions::default()
         };
-        match self.client.export(&src, &out, &opts, &op) {
+        let done = self.client.export(&src, &out, &opts, &op);
+        let pulled = events.pulled.load(Ordering::SeqCst);
+        if !pulled {
+            self.metrics
+                .pulls
+                .get_or_create(&label(if done.is_ok() { "ok" } else { "failed" }))
+                .inc();
+        }
+        match done {
             Ok(e) => Outcome::Ready { size: e.size },
-            Err(e) => failed(e),
+            Err(e) if job.cancel.is_cancelled() || matches!(e.kind(), ErrorKind::Cancelled) => {
+                Outcome::Cancelled
+            }
+            Err(e) => {
+                self.count_unreachable(&e);
+                Outcome::Failed(ServiceError::from(&e))
+            }
+        }
+    }
+}
+
+/// A build's events: into the record's progress, and `Pulled` moves the
+/// record to `converting` (or cancels a build whose record is gone).
+struct BuildEvents {
+    svc: Arc<Service>,
+    job: Job,
+    pulled: AtomicBool,
+}
+
+impl Progress for BuildEvents {
+    fn event(&self, op: &OpId, e: &Event<'_>) {
+        self.svc.tracker.event(op, e);
+        if let Event::Pulled { .. } = e {
+            if self.pulled.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            self.svc.metrics.pulls.get_or_create(&label("ok")).inc();
+            let advanced = self.svc.book().advance(&self.job);
+            if !matches!(advanced, Ok(true)) {
+                self.job.cancel.cancel();
+            }
         }
     }
 }

@@ -56,6 +56,45 @@ impl ImageManifest {
     }
 }
 
+fn to_oci(d: &Descriptor) -> Result<oci_spec::image::Descriptor, SpecError> {
+    let digest: oci_spec::image::Digest =
+        d.digest
+            .to_string()
+            .parse()
+            .map_err(|e| SpecError::InvalidConfig {
+                what: d.digest.to_string(),
+                reason: format!("{e}"),
+            })?;
+    Ok(oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::from(d.media_type.as_str()),
+        d.size,
+        digest,
+    ))
+}
+
+/// A manifest's bytes, written through the spec's types (never by hand):
+/// `media_type` for the manifest itself, then its config and layers.
+pub fn manifest_bytes(
+    media_type: &str,
+    config: &Descriptor,
+    layers: &[Descriptor],
+) -> Result<Vec<u8>, SpecError> {
+    let m = oci_spec::image::ImageManifestBuilder::default()
+        .schema_version(oci_spec::image::SCHEMA_VERSION)
+        .media_type(oci_spec::image::MediaType::from(media_type))
+        .config(to_oci(config)?)
+        .layers(layers.iter().map(to_oci).collect::<Result<Vec<_>, _>>()?)
+        .build()
+        .map_err(|e| SpecError::InvalidConfig {
+            what: "manifest".into(),
+            reason: e.to_string(),
+        })?;
+    serde_json::to_vec(&m).map_err(|source| SpecError::MalformedJson {
+        what: "manifest".into(),
+        source,
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct ImageIndex {
     pub media_type: String,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::Digest;
 use crate::error::SpecError;
 use crate::platform::Platform;
 
@@ -12,7 +13,8 @@ use crate::platform::Platform;
 pub struct ImageConfig {
     pub platform: Platform,
     pub rootfs_type: String,
-    pub diff_ids: Vec<String>,
+    /// The uncompressed digest of each layer, in order.
+    pub diff_ids: Vec<Digest>,
     pub metadata: ImageMetadata,
 }
 
@@ -61,10 +63,21 @@ pub fn parse_config(bytes: &[u8], what: &str) -> Result<ImageConfig, SpecError> 
             .collect();
         md.stop_signal = cfg.stop_signal().clone().unwrap_or_default();
     }
+    let diff_ids = c
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| {
+            d.parse::<Digest>().map_err(|_| SpecError::InvalidConfig {
+                what: what.to_string(),
+                reason: format!("diff_id {d:?} is not a digest"),
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(ImageConfig {
         platform,
         rootfs_type: c.rootfs().typ().clone(),
-        diff_ids: c.rootfs().diff_ids().clone(),
+        diff_ids,
         metadata: md,
     })
 }

@@ -332,16 +332,9 @@ impl Legacy {
             });
         }
         blobs.insert(config_digest.clone(), cname);
-        let cfg: serde_json::Value = serde_json::from_slice(&config)
-            .map_err(|e| bad(format!("the config is malformed: {e}")))?;
-        let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let diff_ids = hoist_spec::metadata::parse_config(&config, &path.display().to_string())
+            .map_err(|e| bad(format!("the config is malformed: {e}")))?
+            .diff_ids;
         if diff_ids.len() != entry.layers.len() {
             return Err(bad(format!(
                 "the config lists {} layers, manifest.json {}",
@@ -362,35 +355,36 @@ impl Legacy {
                     },
                 });
             }
-            if uncompressed.to_string() != *diff_id {
+            if uncompressed != *diff_id {
                 return Err(Error::Blob {
                     image: path.display().to_string(),
                     source: StoreError::DigestMismatch {
-                        expected: diff_id.parse().map_err(|_| {
-                            bad(format!("the config's diff_id {diff_id:?} is not a digest"))
-                        })?,
+                        expected: diff_id.clone(),
                         actual: uncompressed,
                     },
                 });
             }
-            layers.push(serde_json::json!({
-                "mediaType": if gzip { media::DOCKER_LAYER_GZIP } else { media::DOCKER_LAYER_TAR },
-                "size": size,
-                "digest": digest.to_string(),
-            }));
+            layers.push(Descriptor {
+                media_type: if gzip {
+                    media::DOCKER_LAYER_GZIP
+                } else {
+                    media::DOCKER_LAYER_TAR
+                }
+                .into(),
+                size,
+                digest: digest.clone(),
+                platform: None,
+            });
             blobs.insert(digest, name);
         }
-        let m = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": media::DOCKER_MANIFEST,
-            "config": {
-                "mediaType": media::DOCKER_CONFIG,
-                "size": config.len(),
-                "digest": config_digest.to_string(),
-            },
-            "layers": layers,
-        });
-        let bytes = serde_json::to_vec(&m).expect("json");
+        let config_desc = Descriptor {
+            media_type: media::DOCKER_CONFIG.into(),
+            size: config.len() as u64,
+            digest: config_digest.clone(),
+            platform: None,
+        };
+        let bytes =
+            hoist_spec::manifest::manifest_bytes(media::DOCKER_MANIFEST, &config_desc, &layers)?;
         Ok(Legacy {
             manifest: RawManifest {
                 digest: Digest::sha256_of(&bytes),

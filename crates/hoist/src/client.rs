@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::op::Op;
 use crate::progress::Event;
-use crate::source::{Fetcher, ImageSource, OciSource, Remote};
+use crate::source::{Fetcher, ImageSource, OciSource, Offline, Remote};
 
 const MAX_INDEX_DEPTH: usize = 4;
 
@@ -88,7 +88,7 @@ pub struct Inspection {
     pub layers: Vec<Layer>,
     pub layer_count: usize,
     pub layers_size: u64,
-    pub diff_ids: Vec<String>,
+    pub diff_ids: Vec<Digest>,
     pub metadata: hoist_spec::ImageMetadata,
 }
 
@@ -296,6 +296,9 @@ impl Client {
             format!("{kind}:{}{tail}", abs.display())
         };
         Ok(match src {
+            ImageSource::Registry(r) if op.offline => Box::new(Offline {
+                reference: r.clone(),
+            }),
             ImageSource::Registry(r) => Box::new(Remote {
                 client: &self.inner.registry,
                 reference: r.clone(),
@@ -692,6 +695,7 @@ impl Client {
             platform: cfg.platform.clone(),
             name: f.cache_name(),
         })?;
+        op.emit(Event::Pulled { digest: &digest });
         let pulled = Pulled {
             source: what,
             digest,

@@ -74,6 +74,9 @@ pub struct Op {
     /// Win over every configured credential source, for this call only.
     pub credentials: Option<Credentials>,
     pub limits: Limits,
+    /// Use only what the cache holds: a registry source makes no request,
+    /// and whatever the cache lacks is not found.
+    pub offline: bool,
     /// Bytes each registry host (a mirror, the registry) served this op.
     served: Arc<Mutex<BTreeMap<String, u64>>>,
 }
@@ -87,6 +90,7 @@ impl Default for Op {
             platform: None,
             credentials: None,
             limits: Limits::default(),
+            offline: false,
             served: Arc::default(),
         }
     }
@@ -131,6 +135,12 @@ impl Op {
         self.credentials = Some(c);
         self
     }
+    /// Only the cache: no registry is contacted (a pushed image, say).
+    pub fn offline(mut self) -> Op {
+        self.offline = true;
+        self
+    }
+
     pub fn with_limits(mut self, l: Limits) -> Op {
         self.limits = l;
         self

@@ -27,6 +27,9 @@ pub enum Event<'a> {
     BlobDone { digest: &'a Digest },
     /// Already in the cache (or fetched by another operation meanwhile).
     BlobCached { digest: &'a Digest, size: u64 },
+    /// Every blob of the image is in the cache, verified, and the image is
+    /// recorded there: what is left is local work.
+    Pulled { digest: &'a Digest },
     /// Layer `index` (of `count`) is being applied: `bytes` of its blob
     /// read so far, `entries` tar entries applied in earlier layers.
     Applying {

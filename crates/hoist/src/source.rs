@@ -142,6 +142,38 @@ pub(crate) trait Fetcher: Sync {
     fn cache_name(&self) -> Option<String>;
 }
 
+/// A registry source under an offline op: the cache is all there is.
+pub(crate) struct Offline {
+    pub reference: Reference,
+}
+
+impl Offline {
+    fn missing(&self, what: &str) -> Error {
+        Error::NotInCache {
+            names: vec![format!("{} ({what})", self.reference)],
+        }
+    }
+}
+
+impl Fetcher for Offline {
+    fn pinned(&self) -> Option<Digest> {
+        self.reference.digest().cloned()
+    }
+    fn root(&self) -> Result<RawManifest, Error> {
+        Err(self.missing("its manifest"))
+    }
+    fn manifest(&self, d: &Descriptor) -> Result<RawManifest, Error> {
+        Err(self.missing(&format!("manifest {}", d.digest)))
+    }
+    fn blob(&self, d: &Descriptor, _: &mut dyn BlobSink) -> Result<(), Error> {
+        Err(self.missing(&format!("blob {}", d.digest)))
+    }
+    fn cache_name(&self) -> Option<String> {
+        let r = &self.reference;
+        r.tag().map(|t| format!("{}:{t}", r.name()))
+    }
+}
+
 pub(crate) struct Remote<'a> {
     pub client: &'a RegistryClient,
     pub reference: Reference,

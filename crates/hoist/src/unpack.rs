@@ -40,7 +40,7 @@ pub struct Unpacked {
     /// The true owner, mode and device numbers of every path, as the tar
     /// headers give them (see `hoist_unpack::TreeMeta`).
     pub tree_metadata: PathBuf,
-    pub diff_ids: Vec<String>,
+    pub diff_ids: Vec<Digest>,
     pub entries: u64,
     pub metadata: ImageMetadata,
 }
@@ -87,9 +87,6 @@ impl PullEvents for Pipeline {
     /// `validateConfigFileForUnpack`); an error stops the pull.
     fn resolved(&self, m: &ImageManifest, cfg: &ImageConfig) -> Result<(), Error> {
         cfg.validate_for_unpack(m.layers.len(), &self.what)?;
-        for d in &cfg.diff_ids {
-            d.parse::<Digest>()?;
-        }
         self.state.lock().expect("lock").plan = Some((m.clone(), cfg.clone()));
         self.cv.notify_all();
         Ok(())
@@ -219,11 +216,7 @@ impl Client {
         let Some((manifest, config)) = pipe.wait(|st| st.plan.clone()) else {
             return Ok(None);
         };
-        let diff_ids: Vec<Digest> = config
-            .diff_ids
-            .iter()
-            .map(|d| d.parse())
-            .collect::<Result<_, _>>()?;
+        let diff_ids: &[Digest] = &config.diff_ids;
         apply(Step::Start)?;
         let unpack_err = |source| Error::Unpack {
             image: what.to_string(),
@@ -233,7 +226,7 @@ impl Client {
         let total = Cell::new(0u64);
         let exceeded = Cell::new(None);
         let count = manifest.layers.len();
-        for (index, (layer, diff_id)) in manifest.layers.iter().zip(&diff_ids).enumerate() {
+        for (index, (layer, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
             let d = &layer.descriptor;
             if pipe
                 .wait(|st| st.ready.contains(&d.digest).then_some(()))
