@@ -224,6 +224,15 @@ struct ServeArgs {
     /// listen address].
     #[arg(long, value_name = "HOST[:PORT]")]
     registry_name: Option<String>,
+    /// Refuse a pushed blob over this (same syntax and default as --max-image-bytes).
+    #[arg(long, value_parser = parse_size, default_value_t = ServeOptions::default().max_upload_bytes, value_name = "BYTES")]
+    max_upload_bytes: u64,
+    /// Blob upload sessions open at once (/v2).
+    #[arg(long, default_value_t = ServeOptions::default().max_upload_sessions, value_name = "N")]
+    max_upload_sessions: usize,
+    /// Seconds an upload session may sit idle before it is removed.
+    #[arg(long, default_value_t = ServeOptions::default().upload_timeout.as_secs(), value_name = "SECS")]
+    upload_timeout: u64,
     /// Seconds a client has to send a request's headers.
     #[arg(long, default_value_t = ServeOptions::default().header_timeout.as_secs(), value_name = "SECS")]
     header_timeout: u64,
@@ -273,6 +282,9 @@ fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
             limits: g.limits.limits(),
             max_connections: a.max_connections.filter(|n| *n > 0),
             registry_name: a.registry_name.clone(),
+            max_upload_bytes: a.max_upload_bytes,
+            max_upload_sessions: a.max_upload_sessions.max(1),
+            upload_timeout: Duration::from_secs(a.upload_timeout.max(1)),
             header_timeout: Duration::from_secs(a.header_timeout.max(1)),
             idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
         },

@@ -199,6 +199,40 @@ impl Book {
         Ok(self.view(name_s, &row))
     }
 
+    /// A pushed manifest that cannot be built (an artifact, another
+    /// platform): a `failed` record under its name, keyed by its digest, so
+    /// the pusher can see why. An existing record of the digest only gets
+    /// the name.
+    pub fn create_failed(
+        &mut self,
+        name: &Reference,
+        digest: &Digest,
+        platform: &Platform,
+        error: &ServiceError,
+    ) -> R<()> {
+        let name_s = name.to_string();
+        if self.db.image(digest)?.is_some() {
+            self.db.set_name(&name_s, digest)?;
+            return Ok(());
+        }
+        let row = ImageRow {
+            disk_path: disk_rel_path(&name.name(), digest, self.format),
+            digest: digest.clone(),
+            repo: name.name(),
+            status: Status::Failed,
+            error: Some(error.message()),
+            error_code: Some(error.code().to_string()),
+            size_bytes: None,
+            metadata: ImageMetadata::default(),
+            platform: platform.clone(),
+            format: self.format.to_string(),
+            created_at: now_rfc3339(),
+            seq: 0,
+        };
+        self.db.insert(&row, &name_s)?;
+        Ok(())
+    }
+
     /// The record a name (tag or digest reference) points at.
     fn find(&self, r: &Reference) -> R<ImageRow> {
         let name = r.to_string();

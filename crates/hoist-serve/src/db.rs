@@ -99,8 +99,8 @@ pub struct Db {
 }
 
 /// Schema 1 stored absolute disk paths; schema 2 stores them relative to
-/// the data directory.
-const SCHEMA_VERSION: i64 = 2;
+/// the data directory; schema 3 adds the tags pushed to `/v2`.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images (
@@ -122,6 +122,13 @@ CREATE TABLE IF NOT EXISTS names (
     digest  TEXT NOT NULL REFERENCES images(digest) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS names_digest ON names(digest);
+CREATE TABLE IF NOT EXISTS pushed_tags (
+    repo        TEXT NOT NULL,
+    tag         TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    media_type  TEXT NOT NULL,
+    PRIMARY KEY (repo, tag)
+);
 ";
 
 const COLS: &str = "digest, repo, status, error, error_code, size_bytes, metadata, platform, \
@@ -212,7 +219,8 @@ impl Db {
     }
 
     /// Schema 1 → 2: disk paths become relative, computed again from the
-    /// record (the absolute ones may name a directory that moved).
+    /// record (the absolute ones may name a directory that moved). 2 → 3
+    /// only adds a table, which `SCHEMA` made.
     fn migrate(&mut self) -> Result<(), DbError> {
         let tx = self.conn.transaction()?;
         let rows: Vec<(String, String, String)> = {
@@ -239,6 +247,15 @@ impl Db {
     /// Decode every row and every name once.
     fn validate(&self) -> Result<(), DbError> {
         self.all()?;
+        let mut st = self
+            .conn
+            .prepare("SELECT repo, tag, digest FROM pushed_tags")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let (repo, tag, d): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            d.parse::<Digest>()
+                .map_err(|e| damaged(format!("pushed tag {repo}:{tag}"), e))?;
+        }
         let mut st = self.conn.prepare("SELECT name, digest FROM names")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
@@ -424,6 +441,56 @@ impl Db {
              WHERE digest = ?1 AND seq = ?2",
             params![digest.to_string(), seq, code, error],
         )? > 0)
+    }
+
+    /// A tag pushed to `/v2` (repository without host): its digest and
+    /// media type.
+    pub fn pushed_tag(&self, repo: &str, tag: &str) -> Result<Option<(Digest, String)>, DbError> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT digest, media_type FROM pushed_tags WHERE repo = ?1 AND tag = ?2",
+                [repo, tag],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(d, m)| {
+            let d = d
+                .parse()
+                .map_err(|e| damaged(format!("pushed tag {repo}:{tag}"), e))?;
+            Ok((d, m))
+        })
+        .transpose()
+    }
+
+    /// Point a pushed tag at `digest`; returns the digest it pointed at
+    /// before, if another.
+    pub fn set_pushed_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+        media_type: &str,
+    ) -> Result<Option<Digest>, DbError> {
+        let before = self.pushed_tag(repo, tag)?.map(|(d, _)| d);
+        self.conn.execute(
+            "INSERT INTO pushed_tags (repo, tag, digest, media_type) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT(repo, tag) DO UPDATE SET digest = excluded.digest, \
+             media_type = excluded.media_type",
+            params![repo, tag, digest.to_string(), media_type],
+        )?;
+        Ok(before.filter(|b| b != digest))
+    }
+
+    /// The tags pushed to a repository, sorted.
+    pub fn pushed_tags(&self, repo: &str) -> Result<Vec<String>, DbError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT tag FROM pushed_tags WHERE repo = ?1 ORDER BY tag")?;
+        let v = st
+            .query_map([repo], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
     }
 
     pub fn count_by_status(&self) -> Result<Vec<(Status, u64)>, DbError> {

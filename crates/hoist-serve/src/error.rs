@@ -44,6 +44,10 @@ pub enum ServiceError {
     Integrity(String),
     #[error("{0}")]
     Cancelled(String),
+    /// Stored, but not a container image this service can build (an
+    /// artifact, or an image for another platform).
+    #[error("{0}")]
+    NotAnImage(String),
     /// Writing a disk or the cache failed here (a full disk, say).
     #[error("{0}")]
     LocalIo(String),
@@ -64,7 +68,7 @@ impl ServiceError {
             MethodNotAllowed(_) => 405,
             InUse(_) | Cancelled(_) => 409,
             BodyTooLarge(_) => 413,
-            TooLarge(_) => 422,
+            TooLarge(_) | NotAnImage(_) => 422,
             RateLimited { .. } => 429,
             LocalIo(_) | BuildFailed(_) | Internal(_) => 500,
             RegistryUnavailable(_) | Integrity(_) => 502,
@@ -87,6 +91,7 @@ impl ServiceError {
             RateLimited { .. } => "rate_limited",
             RegistryUnavailable(_) => "registry_unavailable",
             TooLarge(_) => "too_large",
+            NotAnImage(_) => "not_an_image",
             Integrity(_) => "integrity",
             Cancelled(_) => "cancelled",
             LocalIo(_) => "io",
@@ -114,6 +119,12 @@ impl From<crate::db::DbError> for ServiceError {
 impl From<&hoist::Error> for ServiceError {
     fn from(e: &hoist::Error) -> ServiceError {
         let msg = e.to_string();
+        if let hoist::Error::Spec(
+            hoist::SpecError::NotAContainerImage { .. } | hoist::SpecError::PlatformMismatch { .. },
+        ) = e
+        {
+            return ServiceError::NotAnImage(msg);
+        }
         match e.kind() {
             ErrorKind::Usage => ServiceError::InvalidName(msg),
             ErrorKind::NotFound => ServiceError::NotFound(msg),

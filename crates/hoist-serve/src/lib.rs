@@ -21,6 +21,7 @@ mod net;
 mod options;
 mod progress;
 mod record;
+mod registry;
 mod service;
 mod time;
 mod worker;
@@ -108,7 +109,21 @@ pub fn run(client: hoist::Client, opts: ServeOptions) -> Result<(), ServeError> 
             net_opts.max_connections
         );
         eprintln!("hoist serve: listening on http://{addr}");
-        let app = api::router(svc.clone());
+        let app = api::router(svc.clone()).merge(registry::router(svc.clone()));
+        {
+            // Idle upload sessions go, with their bytes.
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    svc.registry.uploads.sweep_idle();
+                    svc.metrics
+                        .upload_sessions
+                        .set(svc.registry.uploads.open() as i64);
+                }
+            });
+        }
         let stop = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(mut term) => {

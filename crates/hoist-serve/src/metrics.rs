@@ -33,6 +33,12 @@ pub struct Metrics {
     pub images: Family<StatusLabel, Gauge>,
     pub images_bytes: Gauge,
     pub cache_bytes: Gauge,
+    /// Blob bytes received by `/v2` uploads.
+    pub upload_bytes: Counter,
+    /// Manifests pushed to `/v2`.
+    pub pushed_manifests: Counter,
+    /// Upload sessions open.
+    pub upload_sessions: Gauge,
 }
 
 impl Metrics {
@@ -81,7 +87,29 @@ impl Metrics {
             Unit::Bytes,
             cache_bytes.clone(),
         );
+        let upload_bytes = Counter::default();
+        let pushed_manifests = Counter::default();
+        let upload_sessions = Gauge::default();
+        registry.register_with_unit(
+            "registry_upload",
+            "Blob bytes received by /v2 uploads",
+            Unit::Bytes,
+            upload_bytes.clone(),
+        );
+        registry.register(
+            "registry_pushed_manifests",
+            "Manifests pushed to /v2",
+            pushed_manifests.clone(),
+        );
+        registry.register(
+            "registry_upload_sessions",
+            "Upload sessions open",
+            upload_sessions.clone(),
+        );
         Metrics {
+            upload_bytes,
+            pushed_manifests,
+            upload_sessions,
             registry,
             registry_unreachable,
             build_duration,

@@ -24,6 +24,12 @@ pub struct ServeOptions {
     /// The name this server goes by as a registry (`HOST[:PORT]`): pushed
     /// images are named under it. `None` until the listen address is known.
     pub registry_name: Option<String>,
+    /// A pushed blob over this is refused while it streams.
+    pub max_upload_bytes: u64,
+    /// Upload sessions open at once.
+    pub max_upload_sessions: usize,
+    /// An upload session idle this long is removed, with its bytes.
+    pub upload_timeout: Duration,
     /// A client must send a request's headers within this.
     pub header_timeout: Duration,
     /// A kept-alive connection with no request in flight is closed after
@@ -54,6 +60,9 @@ impl Default for ServeOptions {
             limits: Limits::default(),
             max_connections: None,
             registry_name: None,
+            max_upload_bytes: Limits::default().max_image_bytes,
+            max_upload_sessions: 64,
+            upload_timeout: Duration::from_secs(600),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
         }

@@ -17,6 +17,8 @@ use crate::metrics::{KindLabel, Metrics};
 use crate::options::ServeOptions;
 use crate::progress::Tracker;
 use crate::record::Record;
+use crate::registry::uploads::Uploads;
+use crate::registry::Registry;
 use crate::ServeError;
 
 type R<T> = Result<T, ServiceError>;
@@ -29,6 +31,8 @@ pub struct Service {
     /// Workers wait here for work.
     pub(crate) wake: tokio::sync::Notify,
     pub(crate) tracker: Arc<Tracker>,
+    /// The `/v2` door: upload sessions, and uploads held against GC.
+    pub(crate) registry: Registry,
     pub metrics: Arc<Metrics>,
     /// Resolutions (`POST /images`) at once: a storm of POSTs waits here
     /// instead of filling the blocking pool with registry round trips.
@@ -55,7 +59,13 @@ impl Service {
         let metrics = Arc::new(Metrics::new());
         let format = format_name(opts.format);
         let book = Book::new(db, disks.clone(), format, tracker.clone(), metrics.clone());
+        let uploads = Uploads::new(
+            opts.max_upload_sessions.max(1),
+            opts.upload_timeout,
+            opts.max_upload_bytes,
+        );
         let svc = Arc::new(Service {
+            registry: Registry::new(uploads),
             client,
             book: Mutex::new(book),
             disks,
@@ -144,6 +154,9 @@ impl Service {
     /// `--allowed-registries` when set.
     pub fn check_allowed(&self, r: &Reference) -> R<()> {
         let host = r.registry();
+        if self.is_own_registry(host) {
+            return Ok(()); // served from what was pushed: nothing is contacted
+        }
         if let Err(e) = hoist::check_registry_host(host) {
             return Err(ServiceError::RegistryNotAllowed(e.to_string()));
         }
@@ -159,6 +172,9 @@ impl Service {
     /// Resolve a name (blocking: a registry round trip) to its platform
     /// manifest and config. Only the manifest and config are fetched.
     pub fn resolve(&self, r: &Reference) -> R<Inspection> {
+        if self.is_own_registry(r.registry()) {
+            return self.resolve_pushed(r);
+        }
         let op = Op::new().with_limits(self.opts.limits);
         self.client
             .inspect(&ImageSource::Registry(r.clone()), &op)
@@ -166,6 +182,67 @@ impl Service {
                 self.count_unreachable(&e);
                 ServiceError::from(&e)
             })
+    }
+
+    /// A name under this server's own registry name: what was pushed, from
+    /// the cache alone (404 when nothing was; no request is made).
+    fn resolve_pushed(&self, r: &Reference) -> R<Inspection> {
+        let digest = match (r.digest(), r.tag()) {
+            (Some(d), _) => d.clone(),
+            (None, Some(t)) => self
+                .book()
+                .db()
+                .pushed_tag(r.repository(), t)?
+                .map(|(d, _)| d)
+                .ok_or_else(|| ServiceError::NotFound(format!("nothing was pushed as {r}")))?,
+            (None, None) => return Err(ServiceError::InvalidName(format!("{r}: no tag"))),
+        };
+        let pinned: Reference = format!("{}@{digest}", r.name())
+            .parse()
+            .map_err(|e: hoist::SpecError| ServiceError::InvalidName(e.to_string()))?;
+        let op = Op::new().with_limits(self.opts.limits).offline();
+        self.client
+            .inspect(&ImageSource::Registry(pinned), &op)
+            .map_err(|e| ServiceError::from(&e))
+    }
+
+    /// After a manifest PUT: the image's record, built like any other. A
+    /// push by digest of a manifest for another platform (a child of a
+    /// multi-platform push) is stored without a record; what cannot be
+    /// built gets a `failed` record saying why.
+    pub(crate) fn import_pushed(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        digest: &Digest,
+        index: bool,
+    ) {
+        let host = self.opts.registry_name.clone().unwrap_or_default();
+        let name = match tag {
+            Some(t) => format!("{host}/{repo}:{t}"),
+            None => format!("{host}/{repo}@{digest}"),
+        };
+        let Ok(r) = name.parse::<Reference>() else {
+            tracing::warn!("pushed {name}: not a name this service can record");
+            return;
+        };
+        match self.resolve(&r) {
+            Ok(i) => {
+                if let Err(e) = self.create(&r, &i) {
+                    tracing::warn!("pushed {r}: {}", e.message());
+                }
+            }
+            Err(ServiceError::NotAnImage(_)) if tag.is_none() && !index => {
+                tracing::debug!("pushed {r}: another platform's manifest, stored only");
+            }
+            Err(e) => {
+                tracing::info!("pushed {r}: not built: {}", e.message());
+                let platform = self.client.default_platform().clone();
+                if let Err(e) = self.book().create_failed(&r, digest, &platform, &e) {
+                    tracing::warn!("pushed {r}: {}", e.message());
+                }
+            }
+        }
     }
 
     /// Count a registry that gave no answer, by why.

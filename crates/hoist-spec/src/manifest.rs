@@ -72,6 +72,76 @@ fn to_oci(d: &Descriptor) -> Result<oci_spec::image::Descriptor, SpecError> {
     ))
 }
 
+/// What a pushed manifest or index refers to, whatever it describes (an
+/// image, or an artifact): the blobs and manifests that must exist before
+/// it may.
+#[derive(Debug, Clone)]
+pub struct Referenced {
+    pub media_type: String,
+    pub is_index: bool,
+    /// Config and layers of a manifest, or the manifests of an index.
+    pub descriptors: Vec<Descriptor>,
+}
+
+/// Parse a pushed document for its references, without requiring it to be
+/// a container image.
+pub fn referenced(
+    bytes: &[u8],
+    content_type: Option<&str>,
+    what: &str,
+) -> Result<Referenced, SpecError> {
+    let malformed = |source| SpecError::MalformedJson {
+        what: what.to_string(),
+        source,
+    };
+    let sniff: Sniff = serde_json::from_slice(bytes).map_err(malformed)?;
+    if sniff.schema_version == Some(1) {
+        return Err(SpecError::Schema1 { what: what.into() });
+    }
+    let declared = sniff
+        .media_type
+        .clone()
+        .or_else(|| content_type.map(|c| c.split(';').next().unwrap_or(c).trim().to_string()));
+    let is_index = match declared.as_deref().and_then(media::manifest_kind) {
+        Some(ManifestKind::Index) => true,
+        Some(ManifestKind::Image) => false,
+        Some(ManifestKind::Schema1) => return Err(SpecError::Schema1 { what: what.into() }),
+        None if sniff.manifests.is_some() => true,
+        None if sniff.config.is_some() => false,
+        None => {
+            return Err(SpecError::UnsupportedMediaType {
+                what: what.into(),
+                media_type: declared.unwrap_or_else(|| "(none)".into()),
+            })
+        }
+    };
+    let media_type = declared.unwrap_or_else(|| {
+        if is_index {
+            media::OCI_INDEX.into()
+        } else {
+            media::OCI_MANIFEST.into()
+        }
+    });
+    let descriptors = if is_index {
+        let idx: oci_spec::image::ImageIndex = serde_json::from_slice(bytes).map_err(malformed)?;
+        idx.manifests()
+            .iter()
+            .map(|d| Descriptor::from_oci(d, what))
+            .collect::<Result<_, _>>()?
+    } else {
+        let m: oci_spec::image::ImageManifest = serde_json::from_slice(bytes).map_err(malformed)?;
+        std::iter::once(m.config())
+            .chain(m.layers().iter())
+            .map(|d| Descriptor::from_oci(d, what))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(Referenced {
+        media_type,
+        is_index,
+        descriptors,
+    })
+}
+
 /// A manifest's bytes, written through the spec's types (never by hand):
 /// `media_type` for the manifest itself, then its config and layers.
 pub fn manifest_bytes(

@@ -110,3 +110,83 @@ impl Write for BlobWriter {
         self.file.file().flush()
     }
 }
+
+/// A blob pushed to the service: its digest is known only at the end, so
+/// it is hashed (sha256) as it streams into a temp file, and joins the
+/// store only through [`UploadWriter::commit`] with a digest that matches.
+pub struct UploadWriter {
+    file: TempFile,
+    blobs: PathBuf,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl UploadWriter {
+    pub(crate) fn create(tmp: PathBuf, blobs: PathBuf) -> Result<UploadWriter, StoreError> {
+        let file = TempFile::create(tmp.clone()).map_err(StoreError::io(&tmp))?;
+        Ok(UploadWriter {
+            file,
+            blobs,
+            hasher: Hasher::new(hoist_spec::Algorithm::Sha256),
+            written: 0,
+        })
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The temp file (for reading back a range, or another algorithm).
+    pub fn path(&self) -> &std::path::Path {
+        self.file.path()
+    }
+
+    /// Verify against `expected`, then fsync and rename into place. A
+    /// sha512 digest is checked by hashing the file again; a blob already
+    /// in the store is kept as it is. On a mismatch nothing is kept.
+    pub fn commit(mut self, expected: &Digest) -> Result<(), StoreError> {
+        let actual = match expected.algorithm() {
+            hoist_spec::Algorithm::Sha256 => {
+                std::mem::replace(&mut self.hasher, Hasher::new(hoist_spec::Algorithm::Sha256))
+                    .finish()
+            }
+            other => {
+                self.file
+                    .file()
+                    .flush()
+                    .map_err(StoreError::io(self.file.path()))?;
+                crate::hash_file(self.file.path(), other)
+                    .map_err(StoreError::io(self.file.path()))?
+            }
+        };
+        if actual != *expected {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let dest = self
+            .blobs
+            .join(expected.algorithm().as_str())
+            .join(expected.hex());
+        if std::fs::metadata(&dest).is_ok_and(|m| m.len() == self.written) {
+            return Ok(()); // dropped: the temp file goes
+        }
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
+        }
+        self.file.persist(&dest).map_err(StoreError::io(&dest))
+    }
+}
+
+impl Write for UploadWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.file().write_all(buf)?;
+        self.hasher.update(buf);
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.file().flush()
+    }
+}

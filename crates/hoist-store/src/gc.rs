@@ -49,6 +49,12 @@ impl Lease {
         Ok(())
     }
 
+    /// Replace the lease's digests (those no longer held are let go).
+    pub fn set(&mut self, digests: &[Digest]) -> Result<(), StoreError> {
+        self.digests.clear();
+        self.add(digests)
+    }
+
     pub fn digests(&self) -> &[Digest] {
         &self.digests
     }

@@ -142,6 +142,67 @@ pub(crate) fn add(idx: &mut IndexFile, new: &NewImage) {
     }
 }
 
+/// Names (`repo:tag`, comma-separated) of a manifest pushed to the service.
+pub const PUSHED: &str = "dev.hoist.pushed.names";
+
+fn pushed_names(e: &IndexEntry) -> Vec<String> {
+    e.annotations
+        .get(PUSHED)
+        .map(|s| {
+            s.split(',')
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn unpin(idx: &mut IndexFile, name: &str) {
+    for e in idx.manifests.iter_mut() {
+        let names = pushed_names(e);
+        if names.iter().any(|n| n == name) {
+            let rest: Vec<String> = names.into_iter().filter(|n| n != name).collect();
+            e.annotations.insert(PUSHED.into(), rest.join(","));
+        }
+    }
+    idx.manifests.retain(|e| {
+        !e.annotations.contains_key(PUSHED) || !pushed_names(e).is_empty() || e.is_hoist_entry()
+    });
+    for e in idx.manifests.iter_mut() {
+        if e.annotations.get(PUSHED).is_some_and(|v| v.is_empty()) {
+            e.annotations.remove(PUSHED);
+        }
+    }
+}
+
+pub(crate) fn pin(idx: &mut IndexFile, name: &str, d: &Digest, media_type: &str, size: u64) {
+    unpin(idx, name);
+    let ds = d.to_string();
+    let pos = idx
+        .manifests
+        .iter()
+        .position(|e| e.digest == ds && !e.is_hoist_entry());
+    let e = match pos {
+        Some(i) => &mut idx.manifests[i],
+        None => {
+            idx.manifests.push(IndexEntry {
+                media_type: media_type.to_string(),
+                digest: ds,
+                size,
+                platform: None,
+                annotations: BTreeMap::new(),
+                extra: BTreeMap::new(),
+            });
+            idx.manifests.last_mut().expect("just pushed")
+        }
+    };
+    let mut names = pushed_names(e);
+    names.push(name.to_string());
+    names.sort();
+    names.dedup();
+    e.annotations.insert(PUSHED.into(), names.join(","));
+}
+
 /// The store's exclusive lock, held while the value lives. Every change of
 /// index.json, every lease change and GC run under it.
 pub(crate) struct Locked {

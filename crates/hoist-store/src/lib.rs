@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use hoist_spec::{Digest, Hasher, Platform};
 
-pub use blob::BlobWriter;
+pub use blob::{BlobWriter, UploadWriter};
 pub use error::StoreError;
 pub use fsck::FsckReport;
 pub use gc::{GcReport, Lease, Removed};
@@ -113,6 +113,33 @@ impl Store {
             expected.clone(),
             size,
         )
+    }
+
+    /// A writer for a pushed blob whose digest is given only at the end.
+    pub fn upload_writer(&self) -> Result<UploadWriter, StoreError> {
+        UploadWriter::create(self.tmp_path("upload"), self.root.join("blobs"))
+    }
+
+    /// Record a pushed manifest or index under `name` (`repo:tag` or
+    /// `repo@digest`) in index.json, so GC keeps it and all it reaches;
+    /// a name already pointing elsewhere moves. Not an image entry: `images`,
+    /// `rm` and `fsck`'s image check leave it alone.
+    pub fn pin_pushed(
+        &self,
+        name: &str,
+        digest: &Digest,
+        media_type: &str,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        index::update(&self.root, |idx| {
+            index::pin(idx, name, digest, media_type, size)
+        })
+    }
+
+    /// Take `name` off the pushed manifest it names (a tag moved away, or
+    /// deleted); the entry goes with its last name.
+    pub fn unpin_pushed(&self, name: &str) -> Result<(), StoreError> {
+        index::update(&self.root, |idx| index::unpin(idx, name))
     }
 
     /// Write a small blob held in memory (manifests, configs), verified.

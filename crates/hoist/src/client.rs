@@ -227,6 +227,11 @@ impl Client {
         &self.inner.store
     }
 
+    /// Manifests, indexes and configs above this are refused unread.
+    pub fn max_manifest_size(&self) -> u64 {
+        self.opts().registry.max_manifest_size
+    }
+
     /// The platform of calls whose `Op` names none.
     pub fn default_platform(&self) -> &Platform {
         &self.opts().platform

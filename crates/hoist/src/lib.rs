@@ -25,8 +25,10 @@ pub use hoist_registry::{
     check_registry_host, host_ip, is_refused_ip, Credentials, Endpoint, HostsDir, RefusedHost,
     RegistryError, RegistryOptions, Resolver, RetryPolicy, TransportKind,
 };
+pub use hoist_spec::manifest::{referenced, Referenced};
 pub use hoist_spec::{
     escape_controls, Cancel, Digest, ImageMetadata, Platform, Reference, SpecError,
 };
+pub use hoist_spec::{media, Algorithm, Descriptor};
 pub use hoist_store::temp::{owner_is_gone as temp_owner_is_gone, stale_beside};
-pub use hoist_store::{FsckReport, GcReport, Removed};
+pub use hoist_store::{FsckReport, GcReport, Lease, Removed, Store, StoreError, UploadWriter};
