@@ -82,7 +82,7 @@ struct Global {
     #[arg(long, global = true, value_name = "SECS", num_args = 0..=1, require_equals = true, default_missing_value = "300")]
     retry_rate_limit: Option<u64>,
     /// Refuse manifests, indexes and configs larger than this.
-    #[arg(long, global = true, default_value_t = RegistryOptions::default().max_manifest_size, value_name = "BYTES")]
+    #[arg(long, global = true, value_parser = parse_size, default_value_t = RegistryOptions::default().max_manifest_size, value_name = "BYTES")]
     max_manifest_size: u64,
     /// Fail (and retry) a read that stalls this long.
     #[arg(long, global = true, default_value_t = RegistryOptions::default().stall_timeout.as_secs(), value_name = "SECS")]

@@ -13,6 +13,7 @@ mod faults;
 mod gc;
 mod mirrors;
 mod pull;
+mod push;
 mod robustness;
 mod serve;
 mod serve_hardening;

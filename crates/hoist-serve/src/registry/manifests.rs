@@ -58,17 +58,36 @@ fn lookup_tag(
             return Ok(Some(d));
         }
     }
-    let Some(name) = cache_name(repo, tag, ns.filter(|n| !svc.is_own_registry(n))) else {
-        return Ok(None);
-    };
-    let images = svc.client.store().images().map_err(V2Error::internal)?;
+    let ns = ns.filter(|n| !svc.is_own_registry(n));
+    // Every name this host knows: the service's records (they name the
+    // platform manifest it built), then the cache's own names, those of
+    // this platform first.
+    let mut named: Vec<(String, Digest)> = svc.book().db().all_names()?;
+    let mut images = svc.client.store().images().map_err(V2Error::internal)?;
     let platform = svc.client.default_platform();
-    let mut found: Vec<_> = images
-        .into_iter()
-        .filter(|i| i.names.contains(&name))
+    images.sort_by_key(|i| !i.platform.as_ref().is_some_and(|p| platform.matches(p)));
+    for i in images {
+        named.extend(i.names.iter().map(|n| (n.clone(), i.digest.clone())));
+    }
+    if let Some(name) = cache_name(repo, tag, ns) {
+        if let Some((_, d)) = named.iter().find(|(n, _)| *n == name) {
+            return Ok(Some(d.clone()));
+        }
+    }
+    if ns.is_some() {
+        return Ok(None);
+    }
+    // No `?ns=` (a plain registry client such as skopeo or docker) and not
+    // from Docker Hub: the repository path is served when exactly one
+    // registry's image here has it.
+    let suffix = format!("/{repo}:{tag}");
+    let hits: Vec<(&str, &Digest)> = named
+        .iter()
+        .filter_map(|(n, d)| Some((n.strip_suffix(&suffix)?, d)))
+        .filter(|(h, _)| !h.is_empty() && !h.contains('/'))
         .collect();
-    found.sort_by_key(|i| !i.platform.as_ref().is_some_and(|p| platform.matches(p)));
-    Ok(found.into_iter().next().map(|i| i.digest))
+    let hosts: std::collections::BTreeSet<&str> = hits.iter().map(|(h, _)| *h).collect();
+    Ok((hosts.len() == 1).then(|| hits[0].1.clone()))
 }
 
 pub(super) async fn get(
@@ -249,14 +268,23 @@ pub(super) async fn tags(svc: &Arc<Service>, repo: &str, q: &[(String, String)])
         )
         .map(|n| n[..n.len() - 1].to_string());
         if let Some(prefix) = prefix {
+            let mut names: Vec<String> = svc2
+                .book()
+                .db()
+                .all_names()?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
             for i in svc2.client.store().images().map_err(V2Error::internal)? {
-                tags.extend(
-                    i.names
-                        .iter()
-                        .filter_map(|n| n.strip_prefix(&prefix))
-                        .map(String::from),
-                );
+                names.extend(i.names);
             }
+            tags.extend(
+                names
+                    .iter()
+                    .filter_map(|n| n.strip_prefix(&prefix))
+                    .filter(|t| !t.contains(['/', '@']))
+                    .map(String::from),
+            );
         }
         Ok(tags)
     })

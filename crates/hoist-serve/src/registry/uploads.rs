@@ -91,6 +91,9 @@ impl Uploads {
     }
 }
 
+/// How much of an oversized body is read and dropped before the 413.
+const DRAIN: u64 = 16 << 20;
+
 /// Stream a request body into a session's writer, refusing past
 /// `max_bytes` (the session is ended by the caller on error). Returns the
 /// bytes written by this request.
@@ -109,6 +112,17 @@ pub(crate) async fn stream_into(
         };
         let w = s.writer.as_mut().ok_or_else(V2Error::upload_unknown)?;
         if w.written() + data.len() as u64 > max_bytes {
+            // Nothing more is written. A little more of the body is read
+            // and dropped, so that a client still sending sees the 413
+            // rather than a reset; past that, the connection is cut.
+            s.writer = None;
+            let mut drained = 0u64;
+            while drained < DRAIN {
+                match body.frame().await {
+                    Some(Ok(f)) => drained += f.data_ref().map_or(0, |d| d.len() as u64),
+                    _ => break,
+                }
+            }
             return Err(V2Error::new(
                 413,
                 "SIZE_INVALID",
