@@ -2,7 +2,8 @@
 # Run hoist's whole test suite. The integration tests start their own
 # registries (Debian's docker-registry) on free loopback ports and use
 # Debian's skopeo, umoci, buildah, attr, erofs-utils, e2fsprogs, cpio, QEMU
-# and busybox (as reference tools and for the boot tests); as root this
+# busybox (as reference tools and for the boot tests) and docker.io (the
+# push tests start their own dockerd); as root this
 # installs them when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,8 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
+# The push tests start a Docker engine of their own (docker login, push).
+[ -x /usr/sbin/dockerd ] || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2

@@ -764,3 +764,141 @@ fn kill_9_mid_upload_and_mid_build_leaves_nothing_half_made() {
     let out = h.ok(&["fsck"]);
     assert!(out.contains("consistent"), "{out}");
 }
+
+/// A Docker engine of the test's own (Debian's `dockerd`, as root, with
+/// its own data and exec roots and socket, no iptables, no bridge),
+/// stopped by its pid when the value is dropped.
+struct Dockerd {
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Dockerd {
+    fn start(dir: &Path) -> Option<Dockerd> {
+        if unsafe_not_root() || !Path::new("/usr/sbin/dockerd").exists() {
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let child = Command::new("/usr/sbin/dockerd")
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("pid"))
+            .arg("--host")
+            .arg(format!("unix://{}", dir.join("sock").display()))
+            .args(["--iptables=false", "--bridge=none"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let d = Dockerd {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        };
+        let end = Instant::now() + Duration::from_secs(60);
+        while !d
+            .cmd()
+            .arg("info")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(
+                Instant::now() < end,
+                "dockerd did not start: {}",
+                std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(d)
+    }
+
+    fn cmd(&self) -> Command {
+        let client = ["/usr/bin/docker", "/usr/local/bin/docker"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("docker");
+        let mut c = Command::new(client);
+        c.arg("-H")
+            .arg(format!("unix://{}", self.dir.join("sock").display()))
+            .env("DOCKER_CONFIG", self.dir.join("client"));
+        c
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write;
+        let mut c = self.cmd();
+        c.args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "docker {args:?}:\n{text}");
+        text
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the daemon this test started.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(20);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > end {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[test]
+fn docker_login_and_docker_push_with_the_real_engine_make_the_same_disk() {
+    let h = Hoist::new();
+    let Some(dockerd) = Dockerd::start(&h.home.path().join("dk")) else {
+        crate::harness::skip("docker push needs root and Debian's docker.io (dockerd)");
+        return;
+    };
+    let reg = &registries().plain;
+    let repo = unique_repo("push-docker");
+    reg.push_image(&repo, "v1", &sample_image(1710, 128));
+    let src = format!("{}/{repo}:v1", reg.host);
+    let data = h.home.path().join("data");
+    let s = start(&h, &data, &[]);
+    let want = reference_disk(&s, &src);
+    // No registry for the engine to pull from: an archive skopeo made.
+    let archive = h.home.path().join("img.tar");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{src}"),
+        &format!("docker-archive:{}:team/docked:v1", archive.display()),
+    ]);
+    dockerd.run(&["load", "-i", archive.to_str().unwrap()], None);
+    let dest = format!("{}/team/docked:v1", host_of(&s));
+    dockerd.run(&["tag", "team/docked:v1", &dest], None);
+    let out = dockerd.run(
+        &["login", "-u", "ci", "--password-stdin", &host_of(&s)],
+        Some(TOKEN),
+    );
+    assert!(out.contains("Login Succeeded"), "{out}");
+    dockerd.run(&["push", &dest], None);
+    let r = wait_done(&s, &format!("{NAME}/team/docked:v1"), 120);
+    assert_eq!(disk_sha(&r), want, "{r}");
+}
