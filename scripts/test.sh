@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run hoist's whole test suite. The integration tests start their own
 # registries (Debian's docker-registry) on free loopback ports and use
-# Debian's skopeo, umoci, buildah, attr, erofs-utils, e2fsprogs, cpio, QEMU
+# Debian's skopeo, umoci, buildah, attr, erofs-utils, e2fsprogs, cpio, QEMU,
 # busybox (as reference tools and for the boot tests) and docker.io (the
 # push tests start their own dockerd); as root this
 # installs them when missing.

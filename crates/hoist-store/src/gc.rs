@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
-use hoist_spec::{manifest, Algorithm, Digest, Manifest};
+use hoist_spec::{manifest, Algorithm, Digest};
 use serde::Serialize;
 
 use crate::error::StoreError;
@@ -318,15 +318,10 @@ impl Store {
             if bytes.first() != Some(&b'{') {
                 continue;
             }
-            match manifest::parse_manifest(&bytes, None, "gc") {
-                Ok(Manifest::Image(m)) => {
-                    todo.push(m.config.digest.clone());
-                    todo.extend(m.layers.iter().map(|l| l.descriptor.digest.clone()));
-                }
-                Ok(Manifest::Index(i)) => {
-                    todo.extend(i.manifests.iter().map(|m| m.digest.clone()));
-                }
-                Err(_) => {}
+            // Whatever the document describes (an image, an index, an
+            // artifact pushed to the service), what it names is kept.
+            if let Ok(r) = manifest::referenced(&bytes, None, "gc") {
+                todo.extend(r.descriptors.into_iter().map(|d| d.digest));
             }
         }
         seen

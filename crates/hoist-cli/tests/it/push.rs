@@ -902,3 +902,110 @@ fn docker_login_and_docker_push_with_the_real_engine_make_the_same_disk() {
     let r = wait_done(&s, &format!("{NAME}/team/docked:v1"), 120);
     assert_eq!(disk_sha(&r), want, "{r}");
 }
+
+#[test]
+fn pushed_tags_move_artifacts_fail_clearly_sessions_are_bounded_and_gc_keeps_what_a_push_needs() {
+    let h = Hoist::new();
+    let data = h.home.path().to_path_buf();
+    let s = start(
+        &h,
+        &data,
+        &["--max-upload-sessions", "2", "--upload-timeout", "1"],
+    );
+    let c = V2::new(&s);
+    let put_blob = |repo: &str, b: &Blob| {
+        let (st, _, body) = c.send(
+            c.req(
+                "POST",
+                &format!("/v2/{repo}/blobs/uploads/?digest={}", b.digest()),
+            )
+            .body(b.bytes.clone()),
+        );
+        assert_eq!(st, 201, "{body}");
+    };
+    let put_manifest = |repo: &str, r: &str, m: &Blob| {
+        let (st, h, body) = c.send(
+            c.req("PUT", &format!("/v2/{repo}/manifests/{r}"))
+                .header("Content-Type", m.media_type.clone())
+                .body(m.bytes.clone()),
+        );
+        assert_eq!(st, 201, "{body}");
+        assert_eq!(h["docker-content-digest"], m.digest().as_str());
+        assert_eq!(
+            h["location"],
+            format!("/v2/{repo}/manifests/{}", m.digest()).as_str()
+        );
+    };
+    let one = sample_image(1711, 16);
+    let two = sample_image(1712, 16);
+    for b in one.layers.iter().chain([&one.config]) {
+        put_blob("team/moving", b);
+    }
+    // Uploaded, no manifest yet: GC keeps the blobs (held for an hour).
+    let (_, gc) = s.post("/gc", json!({}));
+    assert_eq!(gc["cache"]["blobs"], json!([]), "{gc}");
+    put_manifest("team/moving", "v1", &one.manifest);
+    let name = format!("{NAME}/team/moving:v1");
+    let r = wait_done(&s, &name, 60);
+    assert_eq!(r["digest"], one.manifest.digest());
+    // Re-pushing the tag to another image moves it, as a registry does.
+    for b in two.layers.iter().chain([&two.config]) {
+        put_blob("team/moving", b);
+    }
+    put_manifest("team/moving", "v1", &two.manifest);
+    let r = wait_done(&s, &name, 60);
+    assert_eq!(r["digest"], two.manifest.digest(), "{r}");
+    let raw = c
+        .req("GET", "/v2/team/moving/manifests/v1")
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(raw.to_vec(), two.manifest.bytes, "served as pushed");
+    // An artifact (its config is not an image config) is stored and
+    // answered 201, and its record says why it was not built.
+    let art = Builder::new()
+        .config_media_type("application/vnd.example.artifact.config.v1+json")
+        .layer(&[("readme", b"not an image")])
+        .build();
+    for b in art.layers.iter().chain([&art.config]) {
+        put_blob("team/artifact", b);
+    }
+    put_manifest("team/artifact", "v1", &art.manifest);
+    let r = wait_done(&s, &format!("{NAME}/team/artifact:v1"), 30);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error_code"], "not_an_image", "{r}");
+    // Sessions: at most two open; an idle one goes after the timeout.
+    let a = c.start("team/s");
+    c.start("team/s");
+    let (st, _, body) = c.send(c.req("POST", "/v2/team/s/blobs/uploads/"));
+    assert_eq!((st, code_of(&body).as_str()), (429, "TOOMANYREQUESTS"));
+    std::thread::sleep(Duration::from_secs(7));
+    let (st, _, _) = c.send(c.req("GET", &a));
+    assert_eq!(st, 404, "the idle session was removed");
+    assert_eq!(
+        std::fs::read_dir(data.join("cache/oci-v1/.hoist/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // With the server down, the CLI's GC keeps every pushed tag's blobs.
+    let (_, status) = s.terminate();
+    assert!(status.success());
+    h.ok(&["gc"]);
+    for b in two
+        .layers
+        .iter()
+        .chain([&two.config, &two.manifest, &art.manifest, &art.config])
+    {
+        assert!(
+            data.join("cache/oci-v1/blobs/sha256")
+                .join(&b.digest()[7..])
+                .exists(),
+            "gc took {}",
+            b.digest()
+        );
+    }
+    let out = h.ok(&["fsck"]);
+    assert!(out.contains("consistent"), "{out}");
+}
