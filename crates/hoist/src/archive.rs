@@ -332,8 +332,19 @@ impl Legacy {
             });
         }
         blobs.insert(config_digest.clone(), cname);
-        let diff_ids = hoist_spec::metadata::parse_config(&config, &path.display().to_string())
+        // Only the layer list is needed here (the full config is checked
+        // when the image is used), read through its type.
+        #[derive(serde::Deserialize)]
+        struct RootFs {
+            diff_ids: Vec<Digest>,
+        }
+        #[derive(serde::Deserialize)]
+        struct LayerList {
+            rootfs: RootFs,
+        }
+        let diff_ids = serde_json::from_slice::<LayerList>(&config)
             .map_err(|e| bad(format!("the config is malformed: {e}")))?
+            .rootfs
             .diff_ids;
         if diff_ids.len() != entry.layers.len() {
             return Err(bad(format!(
