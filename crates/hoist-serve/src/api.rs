@@ -62,6 +62,36 @@ async fn blocking<T: Send + 'static>(
         .map_err(ServiceError::internal)?
 }
 
+/// The body, up to `MAX_BODY`. Past it, a little more is read and dropped
+/// before the 413, so that a client still sending sees the answer rather
+/// than a reset connection.
+async fn read_limited(body: axum::body::Body) -> Result<Vec<u8>, ServiceError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut out = Vec::new();
+    let mut over = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if over > 0 || out.len() + data.len() > MAX_BODY {
+            over += data.len();
+            if over > 16 * MAX_BODY {
+                break;
+            }
+            continue;
+        }
+        out.extend_from_slice(&data);
+    }
+    if over > 0 {
+        return Err(ServiceError::BodyTooLarge(format!(
+            "the body is over {MAX_BODY} bytes"
+        )));
+    }
+    Ok(out)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
@@ -70,7 +100,8 @@ struct CreateBody {
 
 /// The body is read as JSON whatever its content type says: `curl -d`
 /// sends a form type, and the request is unambiguous.
-async fn create(State(svc): S, body: axum::body::Bytes) -> Answer {
+async fn create(State(svc): S, body: axum::body::Body) -> Answer {
+    let body = read_limited(body).await?;
     let body: CreateBody = serde_json::from_slice(&body).map_err(|e| {
         ServiceError::InvalidRequest(format!("the body must be {{\"name\": REF}}: {e}"))
     })?;
@@ -243,7 +274,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/gc", post(gc))
         .fallback(no_route)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        // The create body is read (and bounded) by `read_limited`.
+        .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(svc.clone(), auth))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(svc)

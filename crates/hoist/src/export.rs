@@ -16,9 +16,9 @@ use crate::client::Client;
 use crate::client::Pulled;
 use crate::error::Error;
 use crate::op::Op;
+use crate::pipeline::{Apply, Streamed};
 use crate::progress::Event;
 use crate::source::ImageSource;
-use crate::unpack::Step;
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -56,6 +56,27 @@ pub struct Exported {
     /// Bytes of regular-file content in the tree.
     pub content_bytes: u64,
     pub metadata: ImageMetadata,
+}
+
+/// The export's consumer: the merged tree, and the writer its file
+/// contents stream to.
+struct MergeApply<S: ContentSink> {
+    tree: MergedTree<S::Handle>,
+    sink: S,
+    what: String,
+}
+
+impl<S: ContentSink> Apply for MergeApply<S> {
+    fn layer(&mut self, stream: &mut dyn std::io::Read) -> Result<u64, Error> {
+        let stats = self
+            .tree
+            .apply_layer(&mut &mut *stream, &mut self.sink)
+            .map_err(|source| Error::Unpack {
+                image: self.what.clone(),
+                source,
+            })?;
+        Ok(stats.entries)
+    }
 }
 
 /// UUID and directory hash seed from the digest: same image, same bytes.
@@ -195,39 +216,38 @@ impl Client {
         explain: impl FnOnce(Option<&S>, Error) -> Error,
     ) -> Result<Merged<S>, Error> {
         let what = src.to_string();
-        let mut sink: Option<S> = None;
-        let mut make = Some(make);
-        let mut tree: MergedTree<S::Handle> = MergedTree::new();
-        tree.set_guard(Guard::new(
-            Some(op.cancel.clone()),
-            Some(op.limits.max_entries),
-        ));
-        let unpack_err = |source| Error::Unpack {
-            image: what.clone(),
-            source,
-        };
         let streamed = self.pull_and_stream(
             src,
             false,
-            &mut |step| match step {
-                Step::Start => {
-                    sink = Some((make.take().expect("started once"))()?);
-                    Ok(0)
-                }
-                Step::Layer(stream) => {
-                    let s = sink.as_mut().expect("started");
-                    let stats = tree.apply_layer(&mut &mut *stream, s).map_err(unpack_err)?;
-                    Ok(stats.entries)
-                }
+            || {
+                let mut tree: MergedTree<S::Handle> = MergedTree::new();
+                tree.set_guard(Guard::new(
+                    Some(op.cancel.clone()),
+                    Some(op.limits.max_entries),
+                ));
+                Ok(MergeApply {
+                    tree,
+                    sink: make()?,
+                    what: what.clone(),
+                })
             },
             op,
         );
-        let (pulled, config, _) = match streamed {
+        let Streamed {
+            pulled,
+            config,
+            applier,
+            ..
+        } = match streamed {
             Ok(v) => v,
-            Err(e) => return Err(explain(sink.as_ref(), e)),
+            Err(f) => return Err(explain(f.applier.as_ref().map(|a| &a.sink), f.error)),
         };
-        tree.finish().map_err(unpack_err)?;
-        Ok((pulled, config, tree, sink.expect("started")))
+        let MergeApply { mut tree, sink, .. } = applier;
+        tree.finish().map_err(|source| Error::Unpack {
+            image: what,
+            source,
+        })?;
+        Ok((pulled, config, tree, sink))
     }
 
     fn export_ext4(

@@ -5,6 +5,7 @@ mod client;
 mod error;
 mod export;
 mod op;
+mod pipeline;
 mod progress;
 mod source;
 mod stale;

@@ -1,0 +1,360 @@
+//! The pipeline that moves an image's layers from the registry or the
+//! cache into a consumer: the pull runs on its own thread and reports each
+//! layer as it is verified into the cache; each layer is read from the
+//! cache, decompressed and hashed on threads of its own, held to the
+//! image's limits, and handed, in order, to the consumer.
+//!
+//! The consumer is made by `start` once the config is validated, and only
+//! then: a stage that has not started cannot be used, because it does not
+//! exist yet.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::{Condvar, Mutex, PoisonError};
+
+use hoist_spec::{Cancel, Digest, ImageConfig, ImageManifest};
+use hoist_unpack::{LayerStream, UnpackError};
+
+use crate::client::{Client, PullEvents, Pulled};
+use crate::error::Error;
+use crate::op::{Limits, Op};
+use crate::progress::Event;
+use crate::source::ImageSource;
+
+/// What the layers are applied to; made by `start` once the config has
+/// been validated.
+pub(crate) trait Apply {
+    /// Apply one layer's uncompressed tar stream; returns its entries.
+    fn layer(&mut self, stream: &mut dyn Read) -> Result<u64, Error>;
+}
+
+/// A pipeline that ran to its end.
+pub(crate) struct Streamed<A> {
+    pub pulled: Pulled,
+    pub config: ImageConfig,
+    pub entries: u64,
+    pub applier: A,
+}
+
+/// A pipeline that failed, with the consumer if it had started (a writer
+/// may know more about the failure than the layer stream does).
+pub(crate) struct Failed<A> {
+    pub error: Error,
+    pub applier: Option<A>,
+}
+
+#[derive(Default)]
+struct PipeState {
+    plan: Option<(ImageManifest, ImageConfig)>,
+    ready: HashSet<Digest>,
+    done: bool,
+}
+
+/// The pull's progress as the unpack sees it.
+struct Pipeline {
+    what: String,
+    state: Mutex<PipeState>,
+    cv: Condvar,
+}
+
+impl PullEvents for Pipeline {
+    /// Validation before any file is written (the Go original's
+    /// `validateConfigFileForUnpack`); an error stops the pull.
+    fn resolved(&self, m: &ImageManifest, cfg: &ImageConfig) -> Result<(), Error> {
+        cfg.validate_for_unpack(m.layers.len(), &self.what)?;
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .plan = Some((m.clone(), cfg.clone()));
+        self.cv.notify_all();
+        Ok(())
+    }
+    fn layer_ready(&self, d: &Digest) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ready
+            .insert(d.clone());
+        self.cv.notify_all();
+    }
+}
+
+impl Pipeline {
+    fn finish(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .done = true;
+        self.cv.notify_all();
+    }
+
+    /// Wait until `f` gives a value, or the pull has ended without one.
+    fn wait<T>(&self, f: impl Fn(&PipeState) -> Option<T>) -> Option<T> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(v) = f(&st) {
+                return Some(v);
+            }
+            if st.done {
+                return None;
+            }
+            st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// The compressed blob as the decompressor reads it: stops when the op is
+/// cancelled, and reports how far the layer has been applied.
+struct BlobReader {
+    file: std::fs::File,
+    cancel: Cancel,
+    op: Op,
+    index: usize,
+    count: usize,
+    size: u64,
+    read: u64,
+    reported: u64,
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.cancel.check().map_err(std::io::Error::other)?;
+        let n = self.file.read(buf)?;
+        self.read += n as u64;
+        if self.read - self.reported >= 1 << 20 || (n == 0 && self.read != self.reported) {
+            self.reported = self.read;
+            self.op.emit(Event::Applying {
+                index: self.index,
+                count: self.count,
+                bytes: self.read,
+                size: self.size,
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// The uncompressed stream, held to the image's byte budget and to the
+/// bomb ratio. A violation is kept in `exceeded` (the tar reader would
+/// flatten a typed error into text) and reported by `stream_layers`.
+struct LimitedStream<'a> {
+    inner: &'a mut LayerStream,
+    total: &'a Cell<u64>,
+    layer: u64,
+    compressed: u64,
+    limits: Limits,
+    what: &'a str,
+    exceeded: &'a Cell<Option<(&'static str, u64, u64)>>,
+}
+
+impl Read for LimitedStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.layer += n as u64;
+        self.total.set(self.total.get() + n as u64);
+        let l = &self.limits;
+        let over = if self.total.get() > l.max_image_bytes {
+            Some(("uncompressed bytes", l.max_image_bytes, self.total.get()))
+        } else if self.layer > 1 << 30 && self.layer / self.compressed.max(1) > l.max_ratio {
+            Some((
+                "times its compressed size (a decompression bomb?)",
+                l.max_ratio,
+                self.layer / self.compressed.max(1),
+            ))
+        } else {
+            None
+        };
+        if let Some(v) = over {
+            self.exceeded.set(Some(v));
+            return Err(std::io::Error::other(format!(
+                "{}: over the limit of {}",
+                self.what, v.1
+            )));
+        }
+        Ok(n)
+    }
+}
+
+impl Client {
+    /// Feed each layer, decompressed, to `apply` in order, as the pull
+    /// makes them available; each stream's digests are checked after
+    /// `apply` has read it. Returns the entries applied, or `Ok(None)` if
+    /// the pull ended first (its error is the one to report).
+    fn stream_layers<A: Apply>(
+        &self,
+        pipe: &Pipeline,
+        verify_blobs: bool,
+        what: &str,
+        start: impl FnOnce() -> Result<A, Error>,
+        applier: &mut Option<A>,
+        op: &Op,
+    ) -> Result<Option<u64>, Error> {
+        let Some((manifest, config)) = pipe.wait(|st| st.plan.clone()) else {
+            return Ok(None);
+        };
+        let diff_ids: &[Digest] = &config.diff_ids;
+        let apply = applier.insert(start()?);
+        let unpack_err = |source| Error::Unpack {
+            image: what.to_string(),
+            source,
+        };
+        let mut entries = 0;
+        let total = Cell::new(0u64);
+        let exceeded = Cell::new(None);
+        let count = manifest.layers.len();
+        for (index, (layer, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
+            let d = &layer.descriptor;
+            if pipe
+                .wait(|st| st.ready.contains(&d.digest).then_some(()))
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let blob = BlobReader {
+                file: self.store().open_blob(&d.digest, d.size)?,
+                cancel: op.cancel.clone(),
+                op: op.clone(),
+                index,
+                count,
+                size: d.size,
+                read: 0,
+                reported: 0,
+            };
+            let mut stream = LayerStream::new(
+                blob,
+                layer.compression,
+                verify_blobs.then(|| d.digest.algorithm()),
+                diff_id.algorithm(),
+            );
+            let mut budget = LimitedStream {
+                inner: &mut stream,
+                total: &total,
+                layer: 0,
+                compressed: d.size,
+                limits: op.limits,
+                what,
+                exceeded: &exceeded,
+            };
+            let applied = apply.layer(&mut budget);
+            if let Some((kind, limit, actual)) = exceeded.get() {
+                return Err(Error::Limit {
+                    image: what.to_string(),
+                    what: kind,
+                    limit,
+                    actual,
+                });
+            }
+            let n = applied?;
+            entries += n;
+            op.emit(Event::LayerApplied {
+                index,
+                count,
+                entries: n,
+            });
+            let got = stream
+                .finish()
+                .map_err(|e| unpack_err(UnpackError::Read(e)))?;
+            if let Some(actual) = got.compressed.filter(|c| c != &d.digest) {
+                return Err(unpack_err(UnpackError::BlobMismatch {
+                    layer: d.digest.to_string(),
+                    expected: d.digest.to_string(),
+                    actual: actual.to_string(),
+                }));
+            }
+            if &got.uncompressed != diff_id {
+                return Err(unpack_err(UnpackError::DiffIdMismatch {
+                    layer: d.digest.to_string(),
+                    expected: diff_id.to_string(),
+                    actual: got.uncompressed.to_string(),
+                }));
+            }
+        }
+        Ok(Some(entries))
+    }
+
+    /// Pull `src` on its own thread while `stream_layers` feeds the layers
+    /// to `apply` as they are verified into the cache. `start` runs once
+    /// the config has been validated, before the first layer.
+    ///
+    /// A failure on either side stops the other: the apply side cancels the
+    /// pull's child token (no more layers are downloaded), and a failed
+    /// pull wakes the apply side, which then reports the pull's error.
+    pub(crate) fn pull_and_stream<A: Apply>(
+        &self,
+        src: &ImageSource,
+        verify_blobs: bool,
+        start: impl FnOnce() -> Result<A, Error>,
+        op: &Op,
+    ) -> Result<Streamed<A>, Failed<A>> {
+        let what = src.to_string();
+        let pipe = Pipeline {
+            what: what.clone(),
+            state: Mutex::new(PipeState::default()),
+            cv: Condvar::new(),
+        };
+        let pull_op = op.child();
+        let mut applier: Option<A> = None;
+        let (pulled, applied) = std::thread::scope(|s| {
+            let puller = s.spawn(|| {
+                let r = self.pull_checked(src, &pipe, &pull_op);
+                pipe.finish();
+                r
+            });
+            let applied = self.stream_layers(&pipe, verify_blobs, &what, start, &mut applier, op);
+            if applied.is_err() {
+                pull_op.cancel.cancel();
+            }
+            (
+                puller.join().unwrap_or_else(|_| {
+                    Err(Error::Target {
+                        path: what.clone(),
+                        reason: "the pull thread panicked".into(),
+                    })
+                }),
+                applied,
+            )
+        });
+        let fail = |error: Error, applier: Option<A>| Failed { error, applier };
+        let pulled = match (pulled, applied) {
+            // The apply side's error is the cause when it failed first: the
+            // pull's is then only "cancelled".
+            (Err(_), Err(e)) if !matches!(e, Error::Cancelled) && pull_op.cancel.is_cancelled() => {
+                return Err(fail(e, applier))
+            }
+            (Err(e), _) => return Err(fail(e, applier)),
+            (Ok(p), Err(e)) => {
+                drop(p);
+                return Err(fail(e, applier));
+            }
+            (Ok(p), Ok(None)) => {
+                drop(p);
+                return Err(fail(
+                    Error::Target {
+                        path: what,
+                        reason: "the pull ended before every layer was in the cache".into(),
+                    },
+                    applier,
+                ));
+            }
+            (Ok(p), Ok(Some(entries))) => (p, entries),
+        };
+        // The lease was held until every layer was applied; it goes now.
+        let ((pulled, _manifest, config, _lease), entries) = pulled;
+        match applier {
+            Some(applier) => Ok(Streamed {
+                pulled,
+                config,
+                entries,
+                applier,
+            }),
+            None => Err(fail(
+                Error::Target {
+                    path: what,
+                    reason: "no layer was applied".into(),
+                },
+                None,
+            )),
+        }
+    }
+}
