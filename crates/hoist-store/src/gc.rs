@@ -233,6 +233,12 @@ impl Store {
             }
             r.temp_files.push(p);
         }
+        // A record goes with its blob.
+        for (blob, _, path) in self.diff_id_records() {
+            if !keep.contains(&blob) && !dry_run {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         let trees = root.join(".hoist").join("trees");
         for e in std::fs::read_dir(&trees)
             .map_err(StoreError::io(&trees))?

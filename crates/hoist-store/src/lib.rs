@@ -209,6 +209,53 @@ impl Store {
             .map(|i| i.digest))
     }
 
+    /// Where the record of a layer blob's verified diff_id is kept:
+    /// `.hoist/verified/<algorithm>-<blob hex>`, holding the diff_id.
+    fn verified_path(&self, blob: &Digest) -> PathBuf {
+        self.root.join(".hoist").join("verified").join(format!(
+            "{}-{}",
+            blob.algorithm().as_str(),
+            blob.hex()
+        ))
+    }
+
+    /// The diff_id this layer blob was once verified to inflate to, if
+    /// recorded. Trusting it is sound only while the blob's own digest is
+    /// checked as it is read: a damaged blob fails that check.
+    pub fn verified_diff_id(&self, blob: &Digest) -> Option<Digest> {
+        let text = std::fs::read_to_string(self.verified_path(blob)).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Record that `blob` inflates to `diff_id` (both were just checked).
+    pub fn record_diff_id(&self, blob: &Digest, diff_id: &Digest) -> Result<(), StoreError> {
+        let p = self.verified_path(blob);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
+        }
+        write_atomically(&self.root, &p, format!("{diff_id}\n").as_bytes())
+    }
+
+    /// Every recorded (blob, diff_id) pair: what `fsck` checks.
+    pub fn diff_id_records(&self) -> Vec<(Digest, Option<Digest>, PathBuf)> {
+        let dir = self.root.join(".hoist").join("verified");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some((algo, hex)) = name.split_once('-') else {
+                continue;
+            };
+            let Ok(blob) = format!("{algo}:{hex}").parse::<Digest>() else {
+                continue;
+            };
+            let diff = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            out.push((blob, diff, e.path()));
+        }
+        out
+    }
+
     /// Where the tree metadata of an unpacked image is kept:
     /// `.hoist/trees/<digest hex>.v2.txt`.
     pub fn tree_meta_path(&self, d: &Digest) -> PathBuf {

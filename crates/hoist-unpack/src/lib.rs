@@ -13,6 +13,7 @@ mod merge;
 mod meta;
 pub mod path;
 mod root;
+mod spool;
 mod stream;
 
 pub use error::UnpackError;
@@ -21,7 +22,7 @@ pub use layer::{LayerOptions, LayerStats, Ownership, Unpacker};
 pub use merge::{write_failed, Body, ContentSink, MergedTree, Node, NodeId, WriteFailed, ROOT};
 pub use meta::{EntryMeta, EntryType, TreeMeta};
 pub use root::remove_tree;
-pub use stream::{LayerStream, StreamDigests};
+pub use stream::{gzip_backend, Gate, LayerStream, StreamDigests, StreamOptions};
 
 #[cfg(test)]
 mod tests;

@@ -1,24 +1,298 @@
-//! A layer blob as an uncompressed stream: decompression and both digests
-//! (compressed blob, uncompressed diff_id) run on their own thread, feeding
-//! the tar reader through a bounded channel, so inflating and writing files
-//! overlap as `tar -xzf` does with its gzip child.
+//! A layer blob as an uncompressed stream, in stages that run on threads
+//! of their own so that no single core does everything:
+//!
+//! ```text
+//! blob file ─▶ read + sha256 of the blob (when asked) ─▶ inflate ─┬─▶ spool ─▶ tar reader (apply)
+//!                                                                  └─▶ sha256 (diff_id), when asked
+//! ```
+//!
+//! The spool holds a bounded amount in memory and the rest in an unnamed
+//! temp file, so a later layer can be inflated ahead (its stream is made
+//! early, and waits at a gate for the previous layer's inflate to end)
+//! while an earlier one is still being applied.
+//!
+//! gzip is inflated by ISA-L (`isal` feature, Debian's libisal) or by
+//! zlib-rs; both give the same bytes, and both check the gzip CRC.
 
 use std::io::{self, BufReader, Read};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use hoist_spec::media::Compression;
 use hoist_spec::{Algorithm, Digest, Hasher};
 
+use crate::spool::{Chunk, Spool};
+
 const CHUNK: usize = 256 << 10;
-const DEPTH: usize = 16;
+
+/// Which gzip inflater this build uses.
+pub fn gzip_backend() -> &'static str {
+    if cfg!(feature = "isal") {
+        "isa-l"
+    } else {
+        "zlib-rs"
+    }
+}
+
+#[cfg(feature = "isal")]
+fn gzip<'a, R: Read + 'a>(r: R) -> Box<dyn Read + 'a> {
+    // Multi-member streams are read whole: the decoder starts over after
+    // each member while input remains.
+    Box::new(isal::read::GzipDecoder::new(r))
+}
+
+#[cfg(not(feature = "isal"))]
+fn gzip<'a, R: Read + 'a>(r: R) -> Box<dyn Read + 'a> {
+    // Multi-member: a layer may hold several gzip members, and the
+    // single-member decoder silently stops after one.
+    Box::new(flate2::bufread::MultiGzDecoder::new(
+        BufReader::with_capacity(CHUNK, r),
+    ))
+}
+
+/// Opens once: the previous layer's inflate has ended (however it ended).
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn open(&self) {
+        *self.0 .0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.0 .1.notify_all();
+    }
+    fn wait(&self) {
+        let mut open = self.0 .0.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*open {
+            open = self.0 .1.wait(open).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// How a layer's stream is made.
+#[derive(Clone)]
+pub struct StreamOptions {
+    pub compression: Compression,
+    /// Hash the blob as read (a damaged blob cannot pass).
+    pub blob_algo: Option<Algorithm>,
+    /// Hash the uncompressed stream (the diff_id); `None` when the store
+    /// recorded that this blob, verified, inflates to the diff_id.
+    pub diff_algo: Option<Algorithm>,
+    /// Where the spool overflows to.
+    pub spool_dir: PathBuf,
+    /// Bytes the spool holds in memory before it goes to disk.
+    pub spool_mem: usize,
+    /// Start inflating only when this opens.
+    pub after: Option<Gate>,
+    /// Stages on threads of their own (the default). `false` runs reading,
+    /// both hashes and inflating on one thread, as hoist did before: kept
+    /// for the benchmarks that measure what the split buys.
+    pub split: bool,
+}
 
 /// Digests of what was read, both streams drained to EOF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamDigests {
     /// `None` unless the blob digest was asked for.
     pub compressed: Option<Digest>,
-    pub uncompressed: Digest,
+    /// `None` unless the diff_id was asked for.
+    pub uncompressed: Option<Digest>,
+}
+
+/// What the inflate stage learned: the blob's digest, and the diff_id
+/// when it was hashed on that thread.
+type Inflated = (Option<Digest>, Option<Digest>);
+
+/// The uncompressed stream of one layer.
+pub struct LayerStream {
+    spool: Arc<Spool>,
+    cur: Chunk,
+    pos: usize,
+    inflated: Gate,
+    worker: Option<JoinHandle<io::Result<Inflated>>>,
+    hasher: Option<JoinHandle<Digest>>,
+    /// Set once the worker has been joined.
+    result: Option<Result<StreamDigests, String>>,
+}
+
+/// Inflate `r` into chunks, to the spool and (when hashing) the hasher.
+fn pump(
+    mut r: impl Read,
+    spool: &Spool,
+    hash: Option<&SyncSender<Chunk>>,
+    mut inline: Option<&mut Hasher>,
+) -> io::Result<bool> {
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        while filled < CHUNK {
+            let n = r.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok(true);
+        }
+        buf.truncate(filled);
+        let chunk: Chunk = buf.into();
+        if let Some(h) = inline.as_deref_mut() {
+            h.update(&chunk);
+        }
+        if let Some(tx) = hash {
+            if tx.send(chunk.clone()).is_err() {
+                return Ok(false);
+            }
+        }
+        if !spool.push(chunk)? {
+            return Ok(false); // the reader gave up
+        }
+    }
+}
+
+impl LayerStream {
+    /// Start the stages for `blob`.
+    pub fn new<R: Read + Send + 'static>(blob: R, opts: StreamOptions) -> LayerStream {
+        let spool = Spool::new(opts.spool_mem, opts.spool_dir.clone());
+        let inflated = Gate::default();
+        let (hash_tx, hasher) = match opts.diff_algo.filter(|_| opts.split) {
+            Some(algo) => {
+                let (tx, rx) = sync_channel::<Chunk>(8);
+                let h = std::thread::spawn(move || {
+                    let mut h = Hasher::new(algo);
+                    for c in rx {
+                        h.update(&c);
+                    }
+                    h.finish()
+                });
+                (Some(tx), Some(h))
+            }
+            None => (None, None),
+        };
+        let (sp, gate) = (spool.clone(), inflated.clone());
+        let worker = std::thread::spawn(move || -> io::Result<Inflated> {
+            if let Some(g) = &opts.after {
+                g.wait();
+            }
+            let r = inflate(blob, &opts, &sp, hash_tx);
+            sp.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            gate.open();
+            r
+        });
+        LayerStream {
+            spool,
+            cur: Vec::new().into(),
+            pos: 0,
+            inflated,
+            worker: Some(worker),
+            hasher,
+            result: None,
+        }
+    }
+
+    /// Opens when this layer's inflate has ended: the next layer's stream
+    /// may start then.
+    pub fn inflated(&self) -> Gate {
+        self.inflated.clone()
+    }
+
+    /// Drain the rest of the stream to EOF and return the digests.
+    pub fn finish(mut self) -> io::Result<StreamDigests> {
+        io::copy(&mut self, &mut io::sink())?;
+        self.join().map_err(io::Error::other)
+    }
+
+    fn join(&mut self) -> Result<StreamDigests, String> {
+        if self.result.is_none() {
+            let r = match self.worker.take().map(JoinHandle::join) {
+                Some(Ok(Ok((compressed, inline)))) => {
+                    let uncompressed = match self.hasher.take().map(JoinHandle::join) {
+                        Some(Ok(d)) => Some(d),
+                        Some(Err(_)) => return Err("the hashing thread panicked".into()),
+                        None => inline,
+                    };
+                    Ok(StreamDigests {
+                        compressed,
+                        uncompressed,
+                    })
+                }
+                Some(Ok(Err(e))) => Err(e.to_string()),
+                Some(Err(_)) => Err("the decompression thread panicked".into()),
+                None => Err("the stream was already finished".into()),
+            };
+            self.result = Some(r);
+        }
+        self.result
+            .clone()
+            .unwrap_or_else(|| Err("the stream was not joined".into()))
+    }
+}
+
+/// The compressed bytes, as the read stage hands them over: when the blob
+/// is hashed, that happens on a thread of its own, so the inflater does
+/// nothing but inflate.
+struct Compressed {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Compressed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The read stage: the blob in chunks, hashed, to the inflater; it reads
+/// to EOF (what follows the compressed stream counts for the digest).
+fn read_stage<R: Read + Send + 'static>(
+    mut blob: R,
+    algo: Algorithm,
+) -> (Compressed, JoinHandle<Option<Digest>>) {
+    let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(8);
+    let h = std::thread::spawn(move || {
+        let mut hasher = Hasher::new(algo);
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            match blob.read(&mut buf) {
+                Ok(0) => return Some(hasher.finish()),
+                Ok(n) => {
+                    buf.truncate(n);
+                    hasher.update(&buf);
+                    if tx.send(Ok(buf)).is_err() {
+                        return None; // the inflater stopped
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return None;
+                }
+            }
+        }
+    });
+    (
+        Compressed {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        },
+        h,
+    )
 }
 
 struct Tee<R> {
@@ -36,140 +310,86 @@ impl<R: Read> Read for Tee<R> {
     }
 }
 
-pub struct LayerStream {
-    rx: Receiver<Vec<u8>>,
-    /// The diff_id is hashed here, on the reading thread: inflating alone
-    /// keeps the other thread busy enough.
-    diff: Option<Hasher>,
-    cur: Vec<u8>,
-    pos: usize,
-    worker: Option<JoinHandle<io::Result<Option<Digest>>>>,
-    /// Set once the worker has been joined.
-    result: Option<Result<StreamDigests, String>>,
-}
-
-fn pump<R: Read>(mut r: R, tx: &std::sync::mpsc::SyncSender<Vec<u8>>) -> io::Result<bool> {
-    loop {
-        let mut buf = vec![0u8; CHUNK];
-        let mut filled = 0;
-        while filled < CHUNK {
-            let n = r.read(&mut buf[filled..])?;
-            if n == 0 {
-                break;
+/// The inflate stage: decompress into the spool (and the diff_id hasher),
+/// then drain whatever follows the compressed stream. Returns the blob's
+/// digest and, when not split, the diff_id hashed here.
+fn inflate<R: Read + Send + 'static>(
+    blob: R,
+    opts: &StreamOptions,
+    spool: &Spool,
+    hash: Option<SyncSender<Chunk>>,
+) -> io::Result<Inflated> {
+    let (input, reader): (Box<dyn Read>, _) = match opts.blob_algo {
+        Some(algo) if opts.split => {
+            let (c, h) = read_stage(blob, algo);
+            (Box::new(c), Some(h))
+        }
+        _ => (Box::new(blob), None),
+    };
+    // Not split: the blob is hashed here, as it is read.
+    let mut input = Tee {
+        inner: input,
+        hasher: opts.blob_algo.filter(|_| !opts.split).map(Hasher::new),
+    };
+    let mut inline = opts.diff_algo.filter(|_| !opts.split).map(Hasher::new);
+    let whole = {
+        let input = &mut input;
+        let h = inline.as_mut();
+        match opts.compression {
+            Compression::None => pump(
+                BufReader::with_capacity(CHUNK, input),
+                spool,
+                hash.as_ref(),
+                h,
+            )?,
+            Compression::Gzip => pump(gzip(input), spool, hash.as_ref(), h)?,
+            Compression::Zstd => {
+                let d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
+                    CHUNK, input,
+                ))?;
+                pump(d, spool, hash.as_ref(), h)?
             }
-            filled += n;
         }
-        if filled == 0 {
-            return Ok(true);
-        }
-        buf.truncate(filled);
-        if tx.send(buf).is_err() {
-            return Ok(false); // the reader gave up
-        }
+    };
+    drop(hash);
+    if whole {
+        io::copy(&mut input, &mut io::sink())?;
     }
-}
-
-impl LayerStream {
-    /// Start decompressing `blob`. The uncompressed stream is hashed with
-    /// `diff_algo`; the blob itself only if `blob_algo` is given (it was
-    /// verified when it entered the cache).
-    pub fn new<R: Read + Send + 'static>(
-        blob: R,
-        compression: Compression,
-        blob_algo: Option<Algorithm>,
-        diff_algo: Algorithm,
-    ) -> LayerStream {
-        let (tx, rx) = sync_channel::<Vec<u8>>(DEPTH);
-        let worker = std::thread::spawn(move || -> io::Result<Option<Digest>> {
-            let tee = Tee {
-                inner: blob,
-                hasher: blob_algo.map(Hasher::new),
-            };
-            let input = BufReader::with_capacity(CHUNK, tee);
-            let mut input = match compression {
-                Compression::None => {
-                    let mut input = input;
-                    pump(&mut input, &tx)?;
-                    input
-                }
-                Compression::Gzip => {
-                    // Multi-member: a layer may hold several gzip members,
-                    // and the single-member decoder silently stops after one.
-                    let mut d = flate2::bufread::MultiGzDecoder::new(input);
-                    pump(&mut d, &tx)?;
-                    d.into_inner()
-                }
-                Compression::Zstd => {
-                    let mut d = zstd::stream::read::Decoder::with_buffer(input)?;
-                    pump(&mut d, &tx)?;
-                    d.finish()
-                }
-            };
-            // Whatever follows the compressed stream still counts for the
-            // blob digest.
-            io::copy(&mut input, &mut io::sink())?;
-            Ok(input.into_inner().hasher.map(Hasher::finish))
-        });
-        LayerStream {
-            rx,
-            diff: Some(Hasher::new(diff_algo)),
-            cur: Vec::new(),
-            pos: 0,
-            worker: Some(worker),
-            result: None,
-        }
-    }
-
-    /// Drain the rest of the stream to EOF and return both digests.
-    pub fn finish(mut self) -> io::Result<StreamDigests> {
-        io::copy(&mut self, &mut io::sink())?;
-        match self.join() {
-            Ok(d) => Ok(d),
-            Err(e) => Err(io::Error::other(e)),
-        }
-    }
-
-    fn join(&mut self) -> Result<StreamDigests, String> {
-        if self.result.is_none() {
-            let w = self.worker.take().expect("worker present until joined");
-            let diff = self.diff.take().expect("hashed once");
-            self.result = Some(match w.join() {
-                Ok(Ok(compressed)) => Ok(StreamDigests {
-                    compressed,
-                    uncompressed: diff.finish(),
-                }),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("decompression thread panicked".into()),
-            });
-        }
-        self.result.clone().expect("just set")
-    }
+    let here = input.hasher.take().map(Hasher::finish);
+    drop(input);
+    let blob_digest = match reader.map(JoinHandle::join) {
+        Some(Ok(Some(d))) => Some(d),
+        Some(Ok(None)) => return Err(io::Error::other("the blob could not be read whole")),
+        Some(Err(_)) => return Err(io::Error::other("the reading thread panicked")),
+        None => here,
+    };
+    Ok((blob_digest, inline.map(Hasher::finish)))
 }
 
 impl Read for LayerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    if let Some(h) = self.diff.as_mut() {
-                        h.update(&chunk);
-                    }
+            match self.spool.pop() {
+                Ok(Some(chunk)) => {
                     self.cur = chunk;
                     self.pos = 0;
                 }
-                // The worker has ended: a decompression error surfaces
-                // here, where the tar reader sees it.
-                Err(_) => {
-                    return match self.join() {
-                        Ok(_) => Ok(0),
-                        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-                    }
-                }
+                Ok(None) => return Ok(0),
+                // A decompression error surfaces here, where the tar
+                // reader sees it.
+                Err(e) => return Err(e),
             }
         }
         let n = buf.len().min(self.cur.len() - self.pos);
         buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+impl Drop for LayerStream {
+    fn drop(&mut self) {
+        // Stop a producer that is still running (its reader gave up).
+        self.spool.abandon();
     }
 }
