@@ -21,6 +21,8 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
+# ISA-L's inflate (the `isal` feature) links Debian's libisal.
+[ -e /usr/include/isa-l.h ] || [ -e /usr/include/isa-l/igzip_lib.h ] || need+=(libisal-dev)
 # The push tests start a Docker engine of their own (docker login, push).
 [ -x /usr/sbin/dockerd ] || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
@@ -75,4 +77,7 @@ else
   echo "scripts/test.sh: boot smoke test lacks a kernel or QEMU: it will say SKIPPED (and fail under CI=true)" >&2
 fi
 
+# Both inflate backends run the whole suite and must give the same trees:
+# zlib-rs (the default build), then ISA-L.
 cargo test --workspace "$@"
+cargo test --workspace --features hoist-cli/isal "$@"

@@ -181,6 +181,10 @@ pub fn fsck(r: &FsckReport, as_json: bool) -> anyhow::Result<()> {
     println!("layout:      {}", r.layout.display());
     println!("blobs:       {} checked", r.blobs_checked);
     println!("images:      {} checked", r.images_checked);
+    println!(
+        "records:     {} checked (layers inflated again)",
+        r.records_checked
+    );
     for p in &r.corrupt_blobs {
         println!("corrupt:     {}", p.display());
     }
@@ -189,6 +193,13 @@ pub fn fsck(r: &FsckReport, as_json: bool) -> anyhow::Result<()> {
     }
     for p in &r.incomplete_images {
         println!("incomplete:  {p}");
+    }
+    for p in &r.bad_records {
+        println!(
+            "bad record:  {}{}",
+            p.display(),
+            if r.repaired { " (removed)" } else { "" }
+        );
     }
     for p in &r.stale_temp_files {
         println!(

@@ -23,6 +23,11 @@ pub struct FsckReport {
     pub incomplete_images: Vec<String>,
     /// Temp files left by processes that no longer run.
     pub stale_temp_files: Vec<PathBuf>,
+    /// diff_id records checked (each layer inflated again and hashed).
+    pub records_checked: usize,
+    /// Records whose blob is gone or damaged, or does not inflate to the
+    /// diff_id they state.
+    pub bad_records: Vec<PathBuf>,
     pub repaired: bool,
 }
 
@@ -36,6 +41,7 @@ impl FsckReport {
             && self.stray_files.is_empty()
             && self.incomplete_images.is_empty()
             && self.stale_temp_files.is_empty()
+            && self.bad_records.is_empty()
     }
 }
 

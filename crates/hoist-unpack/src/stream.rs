@@ -393,3 +393,77 @@ impl Drop for LayerStream {
         self.spool.abandon();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(parts: &[&[u8]]) -> Vec<u8> {
+        // Several members, as some layers have.
+        let mut out = Vec::new();
+        for p in parts {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(p).unwrap();
+            out.extend(e.finish().unwrap());
+        }
+        out
+    }
+
+    fn read_all(blob: Vec<u8>, split: bool) -> io::Result<(Vec<u8>, StreamDigests)> {
+        let dir = std::env::temp_dir();
+        let mut s = LayerStream::new(
+            io::Cursor::new(blob),
+            StreamOptions {
+                compression: Compression::Gzip,
+                blob_algo: Some(Algorithm::Sha256),
+                diff_algo: Some(Algorithm::Sha256),
+                spool_dir: dir,
+                spool_mem: 64 << 10,
+                after: None,
+                split,
+            },
+        );
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        let d = s.finish()?;
+        Ok((out, d))
+    }
+
+    /// Whichever inflater this build uses, and whether the stages are
+    /// split or not, the bytes and both digests are the same as zlib's.
+    #[test]
+    fn every_backend_and_stage_layout_gives_the_same_bytes_and_digests() {
+        let a: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let b = b"second member".to_vec();
+        let blob = gz(&[&a, &b]);
+        let mut want = a.clone();
+        want.extend(&b);
+        for split in [true, false] {
+            let (got, d) = read_all(blob.clone(), split).unwrap();
+            assert_eq!(got.len(), want.len(), "split {split}");
+            assert!(got == want, "split {split}: bytes differ");
+            assert_eq!(d.uncompressed, Some(Digest::sha256_of(&want)));
+            assert_eq!(d.compressed, Some(Digest::sha256_of(&blob)));
+        }
+        let mut z = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut z)
+            .unwrap();
+        assert!(z == want);
+    }
+
+    #[test]
+    fn a_truncated_or_damaged_gzip_stream_is_an_error_with_every_backend() {
+        let a: Vec<u8> = (0..500_000u32).map(|i| (i % 13) as u8).collect();
+        let blob = gz(&[&a]);
+        for split in [true, false] {
+            let cut = blob[..blob.len() / 2].to_vec();
+            assert!(read_all(cut, split).is_err(), "truncated, split {split}");
+            let mut bad = blob.clone();
+            let n = bad.len();
+            bad[n - 6] ^= 0x55; // the CRC trailer
+            assert!(read_all(bad, split).is_err(), "bad CRC, split {split}");
+        }
+    }
+}

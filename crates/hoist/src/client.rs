@@ -816,9 +816,24 @@ impl Client {
         Ok(self.store().gc(dry_run)?)
     }
 
-    /// Verify the whole cache; with `repair`, remove what is bad.
+    /// Verify the whole cache; with `repair`, remove what is bad. Every
+    /// diff_id record is checked too: its blob inflated again and hashed.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, Error> {
-        Ok(self.store().fsck(repair)?)
+        let mut r = self.store().fsck(repair)?;
+        for (blob, diff, path) in self.store().diff_id_records() {
+            r.records_checked += 1;
+            let good = diff.is_some_and(|diff| {
+                !r.corrupt_blobs.contains(&self.store().blob_path(&blob))
+                    && crate::pipeline::inflates_to(&self.store().blob_path(&blob), &diff)
+            });
+            if !good {
+                if repair {
+                    let _ = std::fs::remove_file(&path);
+                }
+                r.bad_records.push(path);
+            }
+        }
+        Ok(r)
     }
 }
 

@@ -275,6 +275,14 @@ impl Client {
         })
     }
 
+    /// What a cached blob hashes to, when that is not its name (checked only
+    /// after a layer failed to read).
+    fn blob_damage(&self, d: &hoist_spec::Descriptor) -> Option<Digest> {
+        let got = hoist_store::hash_file(&self.store().blob_path(&d.digest), d.digest.algorithm())
+            .ok()?;
+        (got != d.digest).then_some(got)
+    }
+
     /// Feed each layer, decompressed, to `apply` in order, as the pull
     /// makes them available; each stream's digests are checked after
     /// `apply` has read it. Returns the entries applied, or `Ok(None)` if
@@ -363,7 +371,17 @@ impl Client {
                     actual,
                 });
             }
-            let n = applied?;
+            // A layer that does not read whole (a bad gzip checksum, a tar
+            // cut short) may be a damaged cache file: say so when it is.
+            let damaged = |e: Error| match self.blob_damage(d) {
+                Some(actual) => unpack_err(UnpackError::BlobMismatch {
+                    layer: d.digest.to_string(),
+                    expected: d.digest.to_string(),
+                    actual: actual.to_string(),
+                }),
+                None => e,
+            };
+            let n = applied.map_err(damaged)?;
             entries += n;
             op.emit(Event::LayerApplied {
                 index,
@@ -372,7 +390,7 @@ impl Client {
             });
             let got = stream
                 .finish()
-                .map_err(|e| unpack_err(UnpackError::Read(e)))?;
+                .map_err(|e| damaged(unpack_err(UnpackError::Read(e))))?;
             if let Some(actual) = got.compressed.filter(|c| c != &d.digest) {
                 return Err(unpack_err(UnpackError::BlobMismatch {
                     layer: d.digest.to_string(),
@@ -485,4 +503,39 @@ impl Client {
             )),
         }
     }
+}
+
+/// Whether the blob at `path` (tar, gzip or zstd, told by its first bytes)
+/// inflates to a tar stream whose digest is `diff_id`: how `fsck` checks a
+/// verification record.
+pub(crate) fn inflates_to(path: &std::path::Path, diff_id: &Digest) -> bool {
+    use hoist_spec::media::Compression;
+    let mut head = [0u8; 4];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let n = f.read(&mut head).unwrap_or(0);
+    let compression = match &head[..n] {
+        [0x1f, 0x8b, ..] => Compression::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
+        _ => Compression::None,
+    };
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let stream = LayerStream::new(
+        f,
+        StreamOptions {
+            compression,
+            blob_algo: None,
+            diff_algo: Some(diff_id.algorithm()),
+            spool_dir: std::env::temp_dir(),
+            spool_mem: SPOOL_MEM,
+            after: None,
+            split: true,
+        },
+    );
+    stream
+        .finish()
+        .is_ok_and(|d| d.uncompressed.as_ref() == Some(diff_id))
 }

@@ -520,3 +520,77 @@ fn a_blob_corrupted_in_the_cache_fails_the_unpack_and_fsck_names_it() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The diff_id verification record: written when a layer is first
+/// applied, used by later unpacks (which then check the blob's digest
+/// instead of hashing the tar), checked by fsck, and never a way for a
+/// damaged blob to pass.
+#[test]
+fn a_recorded_layer_whose_blob_was_damaged_cannot_pass_unpack_or_fsck() {
+    let reg = &registries().plain;
+    let repo = unique_repo("verified");
+    let img = crate::harness::sample_image(1801, 512);
+    reg.push_image(&repo, "v1", &img);
+    let r = format!("{}/{repo}:v1", reg.host);
+    let h = Hoist::new();
+    let w = tempfile::tempdir().unwrap();
+    h.ok(&["unpack", &r, w.path().join("a").to_str().unwrap()]);
+    let records = h.layout().join(".hoist/verified");
+    let n = std::fs::read_dir(&records).map_or(0, |d| d.count());
+    assert_eq!(n, img.layers.len(), "one record per layer once applied");
+    let first =
+        std::fs::read_to_string(records.join(format!("sha256-{}", &img.layers[0].digest()[7..])))
+            .unwrap();
+    let diff0 = format!("sha256:{}", {
+        let mut d = flate2::read::GzDecoder::new(&img.layers[0].bytes[..]);
+        let mut t = Vec::new();
+        std::io::Read::read_to_end(&mut d, &mut t).unwrap();
+        sha256(&t)[7..].to_string()
+    });
+    assert_eq!(first.trim(), diff0);
+    // A second unpack trusts the records and gives the same tree.
+    h.ok(&["unpack", &r, w.path().join("b").to_str().unwrap()]);
+    assert_eq!(
+        treesum(&w.path().join("a"), true),
+        treesum(&w.path().join("b"), true)
+    );
+    let out = h.ok(&["fsck"]);
+    assert!(out.contains("3 checked (layers inflated again)"), "{out}");
+    assert!(out.contains("consistent"), "{out}");
+    // Damage the biggest layer in place, its size unchanged.
+    let victim = h
+        .layout()
+        .join("blobs/sha256")
+        .join(&img.layers[1].digest()[7..]);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&victim, &bytes).unwrap();
+    let e = h.fails(&["unpack", &r, w.path().join("c").to_str().unwrap()], 6);
+    assert!(e.contains("mismatch") || e.contains("digest"), "{e}");
+    assert!(!w.path().join("c").exists(), "nothing half-made");
+    let out = h.run(&["fsck"]);
+    assert_eq!(out.status.code(), Some(6));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bad record:"), "{text}");
+    // A forged record (a diff_id the blob does not inflate to) is found.
+    let h2 = Hoist::new();
+    h2.ok(&["unpack", &r, w.path().join("d").to_str().unwrap()]);
+    let rec = h2
+        .layout()
+        .join(".hoist/verified")
+        .join(format!("sha256-{}", &img.layers[2].digest()[7..]));
+    std::fs::write(&rec, format!("sha256:{}\n", "0".repeat(64))).unwrap();
+    let out = h2.run(&["fsck"]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // ... and does not fool an unpack: it does not match the config's
+    // diff_id, so the layer is hashed again and the record rewritten.
+    h2.ok(&["unpack", &r, w.path().join("e").to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&rec).unwrap().trim() != format!("sha256:{}", "0".repeat(64)));
+    h2.ok(&["fsck"]);
+}
