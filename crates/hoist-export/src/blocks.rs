@@ -32,6 +32,7 @@ pub struct BlockArea {
     pub(crate) buf: Vec<u8>,
     pub(crate) buf_start: u64,
     cancel: Option<Cancel>,
+    scratch: Vec<u8>,
 }
 
 impl BlockArea {
@@ -44,6 +45,7 @@ impl BlockArea {
             holes: BTreeSet::new(),
             buf: Vec::with_capacity(FLUSH_AT + CHUNK),
             buf_start: first,
+            scratch: Vec::new(),
             cancel,
         }
     }
@@ -170,11 +172,42 @@ impl BlockArea {
         Ok(Run { start, len })
     }
 
+    /// Copy `blocks` blocks from block `from` to block `to` of the image,
+    /// inside the kernel (`copy_file_range`; a filesystem with reflinks may
+    /// not even copy), with a read and write as the fallback. The runs must
+    /// not overlap.
+    pub fn copy_run(&mut self, from: u64, to: u64, blocks: u64) -> io::Result<()> {
+        self.flush()?;
+        let (mut src, mut dst) = (from * BLOCK, to * BLOCK);
+        let mut left = blocks * BLOCK;
+        while left > 0 {
+            match rustix::fs::copy_file_range(
+                &self.file,
+                Some(&mut src),
+                &self.file,
+                Some(&mut dst),
+                left as usize,
+            ) {
+                Ok(0) => break,
+                Ok(n) => left -= n as u64,
+                Err(_) => break,
+            }
+        }
+        if left > 0 {
+            let mut buf = Vec::new();
+            self.read_run(src / BLOCK, left, &mut buf)?;
+            self.file.write_all_at(&buf, dst)?;
+        }
+        Ok(())
+    }
+
     /// Read `size` bytes of the run at `start` back (the write buffer is
     /// flushed first).
     pub fn read_run(&mut self, start: u64, size: u64, out: &mut dyn io::Write) -> io::Result<()> {
         self.flush()?;
-        let mut buf = vec![0u8; CHUNK];
+        // The scratch buffer is kept: a finish pass reads many runs back.
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.resize(CHUNK, 0);
         let mut off = start * BLOCK;
         let mut left = size;
         while left > 0 {
@@ -184,6 +217,7 @@ impl BlockArea {
             off += n as u64;
             left -= n as u64;
         }
+        self.scratch = buf;
         Ok(())
     }
 }

@@ -8,6 +8,8 @@
 
 mod error;
 mod guard;
+#[cfg(feature = "isal")]
+mod isal_gzip;
 mod layer;
 mod merge;
 mod meta;

@@ -144,6 +144,11 @@ impl<H> MergedTree<H> {
         self.nodes[id as usize].as_mut().expect("live node")
     }
 
+    /// One past the largest node id: the length of a table indexed by id.
+    pub fn id_bound(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// Every node still in the tree.
     pub fn nodes(&self) -> impl Iterator<Item = &Node<H>> {
         self.nodes.iter().flatten()

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use hoist_spec::media::Compression;
 use hoist_spec::{Algorithm, Digest, Hasher};
 
-use crate::spool::{Chunk, Spool};
+use crate::spool::{Chunk, Pool, Spool};
 
 const CHUNK: usize = 256 << 10;
 
@@ -40,7 +40,9 @@ pub fn gzip_backend() -> &'static str {
 fn gzip<'a, R: Read + 'a>(r: R) -> Box<dyn Read + 'a> {
     // Multi-member streams are read whole: the decoder starts over after
     // each member while input remains.
-    Box::new(isal::read::GzipDecoder::new(r))
+    Box::new(crate::isal_gzip::GzipReader::new(BufReader::with_capacity(
+        CHUNK, r,
+    )))
 }
 
 #[cfg(not(feature = "isal"))]
@@ -106,6 +108,7 @@ type Inflated = (Option<Digest>, Option<Digest>);
 /// The uncompressed stream of one layer.
 pub struct LayerStream {
     spool: Arc<Spool>,
+    pool: Arc<Pool>,
     cur: Chunk,
     pos: usize,
     inflated: Gate,
@@ -118,12 +121,13 @@ pub struct LayerStream {
 /// Inflate `r` into chunks, to the spool and (when hashing) the hasher.
 fn pump(
     mut r: impl Read,
+    pool: &Pool,
     spool: &Spool,
     hash: Option<&SyncSender<Chunk>>,
     mut inline: Option<&mut Hasher>,
 ) -> io::Result<bool> {
     loop {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = pool.take(CHUNK);
         let mut filled = 0;
         while filled < CHUNK {
             let n = r.read(&mut buf[filled..])?;
@@ -136,7 +140,7 @@ fn pump(
             return Ok(true);
         }
         buf.truncate(filled);
-        let chunk: Chunk = buf.into();
+        let chunk: Chunk = Arc::new(buf);
         if let Some(h) = inline.as_deref_mut() {
             h.update(&chunk);
         }
@@ -155,14 +159,17 @@ impl LayerStream {
     /// Start the stages for `blob`.
     pub fn new<R: Read + Send + 'static>(blob: R, opts: StreamOptions) -> LayerStream {
         let spool = Spool::new(opts.spool_mem, opts.spool_dir.clone());
+        let pool = Arc::new(Pool::default());
         let inflated = Gate::default();
         let (hash_tx, hasher) = match opts.diff_algo.filter(|_| opts.split) {
             Some(algo) => {
                 let (tx, rx) = sync_channel::<Chunk>(8);
+                let pool = pool.clone();
                 let h = std::thread::spawn(move || {
                     let mut h = Hasher::new(algo);
                     for c in rx {
                         h.update(&c);
+                        pool.give(c);
                     }
                     h.finish()
                 });
@@ -170,19 +177,20 @@ impl LayerStream {
             }
             None => (None, None),
         };
-        let (sp, gate) = (spool.clone(), inflated.clone());
+        let (sp, gate, pl) = (spool.clone(), inflated.clone(), pool.clone());
         let worker = std::thread::spawn(move || -> io::Result<Inflated> {
             if let Some(g) = &opts.after {
                 g.wait();
             }
-            let r = inflate(blob, &opts, &sp, hash_tx);
+            let r = inflate(blob, &opts, &pl, &sp, hash_tx);
             sp.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             gate.open();
             r
         });
         LayerStream {
             spool,
-            cur: Vec::new().into(),
+            pool,
+            cur: Arc::new(Vec::new()),
             pos: 0,
             inflated,
             worker: Some(worker),
@@ -234,6 +242,8 @@ impl LayerStream {
 /// nothing but inflate.
 struct Compressed {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// Buffers going back to the reader, to be filled again.
+    back: SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
 }
@@ -243,7 +253,8 @@ impl Read for Compressed {
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(Ok(c)) => {
-                    self.cur = c;
+                    let done = std::mem::replace(&mut self.cur, c);
+                    let _ = self.back.try_send(done);
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -264,10 +275,12 @@ fn read_stage<R: Read + Send + 'static>(
     algo: Algorithm,
 ) -> (Compressed, JoinHandle<Option<Digest>>) {
     let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(8);
+    let (back, returned) = sync_channel::<Vec<u8>>(4);
     let h = std::thread::spawn(move || {
         let mut hasher = Hasher::new(algo);
         loop {
-            let mut buf = vec![0u8; CHUNK];
+            let mut buf = returned.try_recv().unwrap_or_default();
+            buf.resize(CHUNK, 0);
             match blob.read(&mut buf) {
                 Ok(0) => return Some(hasher.finish()),
                 Ok(n) => {
@@ -288,6 +301,7 @@ fn read_stage<R: Read + Send + 'static>(
     (
         Compressed {
             rx,
+            back,
             cur: Vec::new(),
             pos: 0,
         },
@@ -316,6 +330,7 @@ impl<R: Read> Read for Tee<R> {
 fn inflate<R: Read + Send + 'static>(
     blob: R,
     opts: &StreamOptions,
+    pool: &Pool,
     spool: &Spool,
     hash: Option<SyncSender<Chunk>>,
 ) -> io::Result<Inflated> {
@@ -338,16 +353,17 @@ fn inflate<R: Read + Send + 'static>(
         match opts.compression {
             Compression::None => pump(
                 BufReader::with_capacity(CHUNK, input),
+                pool,
                 spool,
                 hash.as_ref(),
                 h,
             )?,
-            Compression::Gzip => pump(gzip(input), spool, hash.as_ref(), h)?,
+            Compression::Gzip => pump(gzip(input), pool, spool, hash.as_ref(), h)?,
             Compression::Zstd => {
                 let d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
                     CHUNK, input,
                 ))?;
-                pump(d, spool, hash.as_ref(), h)?
+                pump(d, pool, spool, hash.as_ref(), h)?
             }
         }
     };
@@ -371,7 +387,8 @@ impl Read for LayerStream {
         while self.pos == self.cur.len() {
             match self.spool.pop() {
                 Ok(Some(chunk)) => {
-                    self.cur = chunk;
+                    let done = std::mem::replace(&mut self.cur, chunk);
+                    self.pool.give(done);
                     self.pos = 0;
                 }
                 Ok(None) => return Ok(0),

@@ -230,7 +230,7 @@ fn ablation() -> &'static Ablation {
 }
 
 /// Bytes of inflated tar a stream holds in memory before it spools to disk.
-const SPOOL_MEM: usize = 16 << 20;
+const SPOOL_MEM: usize = 8 << 20;
 
 impl Client {
     /// Start a layer's stages: read, inflate, hash. With a record that this

@@ -16,7 +16,7 @@
 //! bits). Small files and tails are spooled to an unnamed temp file while
 //! the layers stream, and copied into the metadata area at the end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -70,6 +70,8 @@ pub struct ErofsBuilder {
     opts: ErofsOptions,
     path: PathBuf,
     done: bool,
+    /// lz4 chunks are compressed on this thread (with `--compress lz4`).
+    lz4: Option<data::Lz4Worker>,
 }
 
 impl Drop for ErofsBuilder {
@@ -162,14 +164,32 @@ impl Rec {
 /// Directory content: blocks of dirents (sorted names, `.` and `..`
 /// among them), each block's names after its dirents. Returns the blocks,
 /// the last one cut to what it uses.
-fn dir_blocks(entries: &[(Vec<u8>, u64, u8)]) -> Vec<Vec<u8>> {
+/// A directory's entries, `.` and `..` included, sorted by name.
+type DirNames<'a> = Vec<(&'a [u8], NodeId)>;
+
+/// How many bytes a directory's entries take, packed as `dir_blocks` packs
+/// them (whole blocks, then the last block's used part).
+fn dir_size<N: AsRef<[u8]>>(names: impl Iterator<Item = N>) -> u64 {
+    let (mut full, mut used) = (0u64, 0usize);
+    for n in names {
+        let len = DIRENT + n.as_ref().len();
+        if used + len > BLOCK as usize {
+            full += 1;
+            used = 0;
+        }
+        used += len;
+    }
+    full * BLOCK + used as u64
+}
+
+fn dir_blocks<N: AsRef<[u8]>>(entries: &[(N, u64, u8)]) -> Vec<Vec<u8>> {
     let mut blocks = Vec::new();
     let mut i = 0;
     while i < entries.len() {
         let mut j = i;
         let mut used = 0;
-        while j < entries.len() && used + DIRENT + entries[j].0.len() <= BLOCK as usize {
-            used += DIRENT + entries[j].0.len();
+        while j < entries.len() && used + DIRENT + entries[j].0.as_ref().len() <= BLOCK as usize {
+            used += DIRENT + entries[j].0.as_ref().len();
             j += 1;
         }
         let mut b = Vec::with_capacity(BLOCK as usize);
@@ -179,10 +199,10 @@ fn dir_blocks(entries: &[(Vec<u8>, u64, u8)]) -> Vec<Vec<u8>> {
             b.extend_from_slice(&(nameoff as u16).to_le_bytes());
             b.push(*ft);
             b.push(0);
-            nameoff += name.len();
+            nameoff += name.as_ref().len();
         }
         for (name, _, _) in &entries[i..j] {
-            b.extend_from_slice(name);
+            b.extend_from_slice(name.as_ref());
         }
         blocks.push(b);
         i = j;
@@ -218,6 +238,7 @@ impl ErofsBuilder {
             spool,
             spool_len: 0,
             maps: Vec::new(),
+            lz4: opts.lz4.then(data::Lz4Worker::new),
             opts,
             path: out.to_path_buf(),
             done: false,
@@ -244,23 +265,25 @@ impl ErofsBuilder {
     ) -> Result<ErofsStats, ExportError> {
         // Every inode once, the root first, then depth-first by name.
         let mut order: Vec<NodeId> = vec![ROOT];
-        let mut seen: HashMap<NodeId, usize> = HashMap::from([(ROOT, 0)]);
-        let mut parent: HashMap<NodeId, NodeId> = HashMap::from([(ROOT, ROOT)]);
-        let mut paths: HashMap<NodeId, Vec<u8>> = HashMap::from([(ROOT, Vec::new())]);
+        // Tables indexed by node id (dense): no hashing per node.
+        let bound = tree.id_bound();
+        let mut seen = vec![false; bound];
+        seen[ROOT as usize] = true;
+        let mut parent: Vec<NodeId> = vec![ROOT; bound];
+        // Each inode's parent and name, for messages: a path is made only
+        // when an error needs one.
+        let mut up: Vec<Option<(NodeId, &[u8])>> = vec![None; bound];
         let mut stack = vec![ROOT];
         while let Some(dir) = stack.pop() {
             let children = tree.children(dir).expect("a directory");
             for (name, &id) in children {
-                if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(id) {
-                    e.insert(order.len());
+                if !seen[id as usize] {
+                    seen[id as usize] = true;
                     order.push(id);
-                    let mut p = paths[&dir].clone();
-                    p.push(b'/');
-                    p.extend_from_slice(name);
-                    paths.insert(id, p);
+                    up[id as usize] = Some((dir, &name[..]));
                 }
                 if matches!(tree.node(id).body, Body::Dir(_)) {
-                    parent.insert(id, dir);
+                    parent[id as usize] = dir;
                 }
             }
             for (_, &id) in children.iter().rev() {
@@ -281,16 +304,27 @@ impl ErofsBuilder {
 
         // Directory sizes depend on names only; their nids come later.
         let shared = xattr::plan(order.iter().map(|&id| &tree.node(id).xattrs[..]));
-        let mut dir_names: HashMap<NodeId, Vec<(Vec<u8>, NodeId)>> = HashMap::new();
+        let mut dir_names: Vec<Option<DirNames<'_>>> = vec![None; bound];
         let mut recs: Vec<Rec> = Vec::with_capacity(order.len());
         for &id in &order {
             let n = tree.node(id);
             let m = &n.meta;
-            let shown = String::from_utf8_lossy(&paths[&id]).to_string();
-            let shown = if shown.is_empty() {
-                "/".to_string()
-            } else {
-                shown
+            let shown = || {
+                let mut parts: Vec<&[u8]> = Vec::new();
+                let mut at = id;
+                while let Some((p, name)) = up[at as usize] {
+                    parts.push(name);
+                    at = p;
+                }
+                let mut s = String::new();
+                for p in parts.iter().rev() {
+                    s.push('/');
+                    s.push_str(&String::from_utf8_lossy(p));
+                }
+                if s.is_empty() {
+                    s.push('/');
+                }
+                s
             };
             let xattrs = xattr::body(&shown, &n.xattrs, &shared)?;
             let mut blocks = 0;
@@ -322,20 +356,16 @@ impl ErofsBuilder {
                     n.links,
                 ),
                 Body::Dir(children) => {
-                    let mut names: Vec<(Vec<u8>, NodeId)> =
-                        vec![(b".".to_vec(), id), (b"..".to_vec(), parent[&id])];
-                    names.extend(children.iter().map(|(k, &v)| (k.clone(), v)));
-                    names.sort();
+                    let mut names: Vec<(&[u8], NodeId)> =
+                        vec![(&b"."[..], id), (&b".."[..], parent[id as usize])];
+                    names.extend(children.iter().map(|(k, &v)| (&k[..], v)));
+                    names.sort_unstable();
                     let subdirs = children
                         .values()
                         .filter(|&&c| matches!(tree.node(c).body, Body::Dir(_)))
                         .count() as u32;
-                    let sizes: Vec<(Vec<u8>, u64, u8)> =
-                        names.iter().map(|(k, _)| (k.clone(), 0, 0)).collect();
-                    let blocks = dir_blocks(&sizes);
-                    let size = (blocks.len() as u64 - 1) * BLOCK
-                        + blocks.last().map_or(0, |b| b.len() as u64);
-                    dir_names.insert(id, names);
+                    let size = dir_size(names.iter().map(|(k, _)| k));
+                    dir_names[id as usize] = Some(names);
                     // The layout is settled below, once the blocks exist.
                     (size, FLAT_INLINE, InlineSrc::None, 0, 2 + subdirs)
                 }
@@ -405,15 +435,15 @@ impl ErofsBuilder {
         }
         // Nids: the metadata area in order, no record across a block.
         let mut off: u64 = 0;
-        let mut dir_tail_inline: HashMap<NodeId, bool> = HashMap::new();
+        let mut dir_tail_inline = vec![false; bound];
         for r in recs.iter_mut() {
-            let len = if dir_names.contains_key(&r.id) {
+            let len = if dir_names[r.id as usize].is_some() {
                 // A directory's inline tail is its last block's used part,
                 // if it fits beside the inode; else that block is data too.
                 let tail = (r.size % BLOCK) as usize;
                 let head = (if r.extended { 64 } else { 32 }) + r.xattrs.len();
                 let fits = tail > 0 && head + tail <= BLOCK as usize;
-                dir_tail_inline.insert(r.id, fits);
+                dir_tail_inline[r.id as usize] = fits;
                 head + if fits { tail } else { 0 }
             } else {
                 r.meta_len()
@@ -424,18 +454,21 @@ impl ErofsBuilder {
             r.nid = off / 32;
             off += len.div_ceil(32) * 32;
         }
-        let nid_of: HashMap<NodeId, u64> = recs.iter().map(|r| (r.id, r.nid)).collect();
+        let mut nid_of = vec![0u64; bound];
+        for r in &recs {
+            nid_of[r.id as usize] = r.nid;
+        }
         // Directory blocks, now that every nid is known.
         for r in recs.iter_mut() {
-            let Some(names) = dir_names.get(&r.id) else {
+            let Some(names) = dir_names[r.id as usize].as_ref() else {
                 continue;
             };
-            let entries: Vec<(Vec<u8>, u64, u8)> = names
+            let entries: Vec<(&[u8], u64, u8)> = names
                 .iter()
-                .map(|(k, c)| (k.clone(), nid_of[c], file_type(tree.node(*c).meta.kind)))
+                .map(|&(k, c)| (k, nid_of[c as usize], file_type(tree.node(c).meta.kind)))
                 .collect();
             let mut blocks = dir_blocks(&entries);
-            let tail = if dir_tail_inline[&r.id] {
+            let tail = if dir_tail_inline[r.id as usize] {
                 blocks.pop()
             } else {
                 None
@@ -516,9 +549,24 @@ impl ErofsBuilder {
         const MAX_MOVE: u64 = (64 << 20) / BLOCK;
         let mut order: Vec<usize> = (0..recs.len()).filter(|&i| recs[i].blocks > 0).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(recs[i].blkaddr));
-        let mut buf = Vec::new();
+        // Files are taken from the end backwards, and a file only moves to
+        // an earlier block: a hole at or past a file's start can serve no
+        // file after it. Such holes (and the runs moved files leave) are
+        // set aside as the scan passes them, so the best-fit search only
+        // ever looks at holes that may still serve (it was quadratic).
+        let mut by_start: BTreeSet<(u64, u64)> =
+            self.area.holes.iter().map(|&(l, s)| (s, l)).collect();
+        let mut passed: Vec<(u64, u64)> = Vec::new();
         for i in order {
             let (start, len) = (u64::from(recs[i].blkaddr), recs[i].blocks);
+            while let Some(&(hs, hl)) = by_start.last() {
+                if hs < start {
+                    break;
+                }
+                by_start.pop_last();
+                self.area.holes.remove(&(hl, hs));
+                passed.push((hl, hs));
+            }
             if len > MAX_MOVE {
                 continue;
             }
@@ -531,20 +579,18 @@ impl ErofsBuilder {
                 continue;
             };
             self.area.holes.remove(&(hl, hs));
+            by_start.remove(&(hs, hl));
             if hl > len {
                 self.area.holes.insert((hl - len, hs + len));
+                by_start.insert((hs + len, hl - len));
             }
-            buf.clear();
-            self.area
-                .read_run(start, len * BLOCK, &mut buf)
-                .map_err(werr)?;
-            self.area
-                .file
-                .write_all_at(&buf, hs * BLOCK)
-                .map_err(werr)?;
+            self.area.copy_run(start, hs, len).map_err(werr)?;
             recs[i].blkaddr = hs as u32;
-            self.area.release(Run { start, len });
+            passed.push((len, start));
         }
+        self.area
+            .holes
+            .extend(passed.into_iter().filter(|&(l, _)| l > 0));
         let end = recs
             .iter()
             .filter(|r| r.blocks > 0)
@@ -573,6 +619,7 @@ impl ErofsBuilder {
         f.seek(SeekFrom::Start(meta_blkaddr * BLOCK))
             .map_err(werr)?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut window = Window::default();
         let mut pos: u64 = 0;
         for (i, r) in recs.iter().enumerate() {
             let at = r.nid * 32;
@@ -629,9 +676,9 @@ impl ErofsBuilder {
                 InlineSrc::None => {}
                 InlineSrc::Bytes(x) => b.extend_from_slice(x),
                 InlineSrc::Spool(off, len) => {
-                    let mut t = vec![0u8; *len as usize];
-                    self.spool.read_exact_at(&mut t, *off).map_err(werr)?;
-                    b.extend_from_slice(&t);
+                    b.extend_from_slice(
+                        window.get(&self.spool, *off, *len as usize).map_err(werr)?,
+                    );
                 }
             }
             w.write_all(&b).map_err(werr)?;
@@ -642,6 +689,46 @@ impl ErofsBuilder {
             .map_err(werr)?;
         w.flush().map_err(werr)?;
         Ok(())
+    }
+}
+
+/// A read-ahead window over the tail spool: tails are spooled in the order
+/// the layers stream them and read back in inode order, which is mostly
+/// the same, so one read of a window serves many tails (a read per tail
+/// cost 40,000 system calls on rig/big).
+#[derive(Default)]
+struct Window {
+    start: u64,
+    data: Vec<u8>,
+}
+
+impl Window {
+    const SIZE: usize = 64 << 10;
+
+    fn get(&mut self, spool: &std::fs::File, off: u64, len: usize) -> io::Result<&[u8]> {
+        let inside = off >= self.start && off + len as u64 <= self.start + self.data.len() as u64;
+        if !inside {
+            let want = len.max(Self::SIZE);
+            self.data.resize(want, 0);
+            let mut got = 0;
+            while got < want {
+                let n = spool.read_at(&mut self.data[got..], off + got as u64)?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            if got < len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tail spool is short",
+                ));
+            }
+            self.data.truncate(got);
+            self.start = off;
+        }
+        let at = (off - self.start) as usize;
+        Ok(&self.data[at..at + len])
     }
 }
 
@@ -658,21 +745,23 @@ impl ContentSink for ErofsBuilder {
             return self.store_flat(size, &mut &all[..]);
         }
         if size >= data::HOLE_MIN || (self.opts.lz4 && size > data::CHUNK) {
-            return Ok(match data::store(&mut self.area, size, r, self.opts.lz4)? {
-                data::Stored::Flat(run) => Content {
-                    run,
-                    tail: None,
-                    map: None,
-                },
-                data::Stored::Mapped(run, m) => {
-                    self.maps.push(m);
-                    Content {
+            return Ok(
+                match data::store(&mut self.area, size, r, self.opts.lz4, self.lz4.as_ref())? {
+                    data::Stored::Flat(run) => Content {
                         run,
                         tail: None,
-                        map: Some(self.maps.len() as u32 - 1),
+                        map: None,
+                    },
+                    data::Stored::Mapped(run, m) => {
+                        self.maps.push(m);
+                        Content {
+                            run,
+                            tail: None,
+                            map: Some(self.maps.len() as u32 - 1),
+                        }
                     }
-                }
-            });
+                },
+            );
         }
         self.store_flat(size, r)
     }

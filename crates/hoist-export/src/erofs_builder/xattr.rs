@@ -92,7 +92,12 @@ pub(super) fn plan<'a>(inodes: impl Iterator<Item = &'a [Pair]>) -> Shared {
 
 /// An inode's xattr body: the 12-byte header with its count of shared
 /// ids, the ids, then the inline entries. Empty when there are none.
-pub(super) fn body(rel: &str, xattrs: &[Pair], shared: &Shared) -> Result<Vec<u8>, ExportError> {
+/// `rel` names the inode in errors; it is made only when one is.
+pub(super) fn body(
+    rel: &dyn Fn() -> String,
+    xattrs: &[Pair],
+    shared: &Shared,
+) -> Result<Vec<u8>, ExportError> {
     if xattrs.is_empty() {
         return Ok(Vec::new());
     }
@@ -104,7 +109,8 @@ pub(super) fn body(rel: &str, xattrs: &[Pair], shared: &Shared) -> Result<Vec<u8
             _ => {
                 let Some(e) = entry(&p.0, &p.1) else {
                     return Err(ExportError::Unsupported(format!(
-                        "{rel}: xattr {:?} has a prefix erofs cannot store, or is too large",
+                        "{}: xattr {:?} has a prefix erofs cannot store, or is too large",
+                        rel(),
                         p.0
                     )));
                 };
@@ -120,7 +126,8 @@ pub(super) fn body(rel: &str, xattrs: &[Pair], shared: &Shared) -> Result<Vec<u8
     b.extend_from_slice(&inline);
     if b.len() > MAX_BODY {
         return Err(ExportError::Unsupported(format!(
-            "{rel}: {} bytes of xattrs, more than an erofs inode holds ({MAX_BODY})",
+            "{}: {} bytes of xattrs, more than an erofs inode holds ({MAX_BODY})",
+            rel(),
             b.len()
         )));
     }
