@@ -18,7 +18,7 @@ use hoist_unpack::{Body, ContentSink, EntryType, MergedTree, NodeId, ROOT};
 
 use crate::blocks::{BlockArea, Run};
 use crate::error::ExportError;
-use crate::tree::type_bits;
+use crate::tree::{type_bits, Walk};
 
 #[derive(Debug, Clone, Default)]
 pub struct CpioStats {
@@ -106,20 +106,7 @@ impl CpioBuilder {
     ) -> Result<CpioStats, ExportError> {
         // Every name, in path order (the order a tree listing gives).
         let mut names: Vec<(Vec<u8>, NodeId)> = vec![(Vec::new(), ROOT)];
-        let mut stack: Vec<(Vec<u8>, NodeId)> = vec![(Vec::new(), ROOT)];
-        while let Some((path, dir)) = stack.pop() {
-            for (name, &id) in tree.children(dir).expect("a directory") {
-                let mut p = path.clone();
-                if !p.is_empty() {
-                    p.push(b'/');
-                }
-                p.extend_from_slice(name);
-                if matches!(tree.node(id).body, Body::Dir(_)) {
-                    stack.push((p.clone(), id));
-                }
-                names.push((p, id));
-            }
-        }
+        names.extend(Walk::new(tree).paths());
         names.sort();
         let mut ino: HashMap<NodeId, (u32, u32)> = HashMap::new(); // (ino, names left)
         for (_, id) in &names {

@@ -23,6 +23,9 @@
 use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
+use zerocopy::IntoBytes;
+
+use super::format::{LclusterIndex, ZMapHeader};
 use crate::blocks::{BlockArea, Run, BLOCK};
 
 pub(super) const CHUNK: u64 = 128 << 10;
@@ -422,16 +425,21 @@ impl FileMap {
             return b;
         }
         b.resize(head.next_multiple_of(8) - head, 0);
-        // z_erofs_map_header: fragment/idata (unused), advise, algorithm
-        // (lz4 = 0 for head 1), lcluster bits - 12; then 8 bytes of padding.
-        b.extend_from_slice(&0u32.to_le_bytes());
-        b.extend_from_slice(&ADVISE_BIG_PCLUSTER_1.to_le_bytes());
-        b.extend_from_slice(&[0, 0]);
+        // Algorithm lz4 (0 for head 1), lcluster bits - 12 = 0; then 8
+        // bytes of legacy padding.
+        let h = ZMapHeader {
+            advise: ADVISE_BIG_PCLUSTER_1.into(),
+            ..Default::default()
+        };
+        b.extend_from_slice(h.as_bytes());
         b.extend_from_slice(&[0u8; 8]);
-        let lcluster = |b: &mut Vec<u8>, kind: u16, word: [u8; 4]| {
-            b.extend_from_slice(&kind.to_le_bytes());
-            b.extend_from_slice(&0u16.to_le_bytes());
-            b.extend_from_slice(&word);
+        let lcluster = |b: &mut Vec<u8>, kind: u16, u: u32| {
+            let i = LclusterIndex {
+                advise: kind.into(),
+                clusterofs: 0.into(),
+                u: u.into(),
+            };
+            b.extend_from_slice(i.as_bytes());
         };
         for (i, p) in self.pieces.iter().enumerate() {
             let nlc = (chunk_len(size, i) as u64).div_ceil(BLOCK) as u16;
@@ -439,21 +447,20 @@ impl FileMap {
                 Piece::Plain(at) => {
                     for k in 0..u64::from(nlc) {
                         let a = (base + u64::from(at) + k) as u32;
-                        lcluster(&mut b, 0, a.to_le_bytes());
+                        lcluster(&mut b, 0, a);
                     }
                 }
                 Piece::Lz4 { at, blocks } => {
                     let a = (base + u64::from(at)) as u32;
-                    lcluster(&mut b, 1, a.to_le_bytes());
+                    lcluster(&mut b, 1, a);
                     for k in 1..nlc {
                         let d0 = if k == 1 {
                             D0_CBLKCNT | blocks as u16
                         } else {
                             k
                         };
-                        let mut w = [0u8; 4];
-                        w[..2].copy_from_slice(&d0.to_le_bytes());
-                        w[2..].copy_from_slice(&(nlc - k).to_le_bytes());
+                        // delta[0] then delta[1], little-endian halves.
+                        let w = u32::from(d0) | (u32::from(nlc - k) << 16);
                         lcluster(&mut b, 2, w);
                     }
                 }

@@ -16,7 +16,7 @@ use crate::ext4::tests::{
 fn crc32c_is_castagnoli_without_the_final_inversion() {
     // The standard check value of CRC-32C("123456789") is 0xE3069283; the
     // kernel's form is its inversion.
-    assert_eq!(!super::crc32c(b"123456789"), 0xE306_9283);
+    assert_eq!(!super::write::crc32c(b"123456789"), 0xE306_9283);
 }
 
 const UUID: [u8; 16] = *b"0123456789abcdef";

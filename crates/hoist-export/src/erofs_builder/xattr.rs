@@ -5,6 +5,9 @@
 
 use std::collections::HashMap;
 
+use zerocopy::IntoBytes;
+
+use super::format::{XattrEntry, XattrIbodyHeader};
 use crate::blocks::BLOCK;
 use crate::error::ExportError;
 
@@ -36,9 +39,12 @@ fn entry(name: &str, value: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let mut b = Vec::with_capacity(4 + suffix.len() + value.len() + 3);
-    b.push(suffix.len() as u8);
-    b.push(idx);
-    b.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    let e = XattrEntry {
+        name_len: suffix.len() as u8,
+        name_index: idx,
+        value_size: (value.len() as u16).into(),
+    };
+    b.extend_from_slice(e.as_bytes());
     b.extend_from_slice(suffix.as_bytes());
     b.extend_from_slice(value);
     b.resize(b.len().next_multiple_of(4), 0);
@@ -118,8 +124,11 @@ pub(super) fn body(
             }
         }
     }
-    let mut b = vec![0u8; 12];
-    b[4] = ids.len() as u8;
+    let h = XattrIbodyHeader {
+        shared_count: ids.len() as u8,
+        ..Default::default()
+    };
+    let mut b = h.as_bytes().to_vec();
     for id in ids {
         b.extend_from_slice(&id.to_le_bytes());
     }

@@ -14,6 +14,7 @@ use super::disk::{
 use super::xattr::{self, Placement};
 use super::{werr, Ext4Builder, Ext4Stats};
 use crate::error::ExportError;
+use crate::tree::Walk;
 
 const S_IFIFO: u16 = 0o010000;
 const S_IFCHR: u16 = 0o020000;
@@ -53,23 +54,16 @@ fn number(tree: &MergedTree<Run>) -> Numbering {
         n.ino_of.insert(id, FIRST_INO);
         n.nodes[0] = Some(id);
     }
-    let mut stack = vec![ROOT];
-    while let Some(dir) = stack.pop() {
-        let children = tree.children(dir).expect("a directory");
-        let dir_ino = n.ino_of[&dir];
-        for &id in children.values() {
-            if !n.ino_of.contains_key(&id) {
-                n.ino_of.insert(id, FIRST_INO + n.nodes.len() as u32);
-                n.nodes.push(Some(id));
-            }
-            if let Body::Dir(_) = tree.node(id).body {
-                n.parent.insert(id, dir_ino);
-            }
+    let walk = Walk::new(tree);
+    for &id in &walk.order[1..] {
+        if !n.ino_of.contains_key(&id) {
+            n.ino_of.insert(id, FIRST_INO + n.nodes.len() as u32);
+            n.nodes.push(Some(id));
         }
-        for &id in children.values().rev() {
-            if let Body::Dir(_) = tree.node(id).body {
-                stack.push(id);
-            }
+    }
+    for &id in &walk.order[1..] {
+        if let Body::Dir(_) = tree.node(id).body {
+            n.parent.insert(id, n.ino_of[&walk.parent[id as usize]]);
         }
     }
     n

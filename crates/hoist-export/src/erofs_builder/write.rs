@@ -1,0 +1,307 @@
+//! Writing the laid-out image: directory blocks, the metadata area (every
+//! inode with its xattrs and inline data), then the superblock.
+
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+
+use hoist_unpack::{EntryType, MergedTree};
+use zerocopy::IntoBytes;
+
+use super::format::{
+    Dirent, InodeCompact, InodeExtended, Lz4Cfgs, SuperBlock, CHUNK_BASED, COMPRESSED_FULL,
+    FEATURE_COMPAT_SB_CHKSUM, FEATURE_INCOMPAT_CHUNKED_FILE, FEATURE_INCOMPAT_COMPR_CFGS,
+    FEATURE_INCOMPAT_ZERO_PADDING, FLAT_PLAIN, MAGIC, SB_OFFSET,
+};
+use super::layout::{file_type, InlineSrc, Plan, Rec};
+use super::{data, werr, Content, ErofsBuilder, DIRENT};
+use crate::blocks::BLOCK;
+use crate::error::ExportError;
+use crate::tree::type_bits;
+
+/// crc32c as the kernel computes the superblock checksum: seed !0, no
+/// final inversion. Hand-written: 12 lines, run once per image.
+pub(super) fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ if crc & 1 != 0 { 0x82F6_3B78 } else { 0 };
+        }
+    }
+    crc
+}
+
+/// Directory content: blocks of dirents (sorted names, `.` and `..`
+/// among them), each block's names after its dirents. Returns the blocks,
+/// the last one cut to what it uses.
+fn dir_blocks<N: AsRef<[u8]>>(entries: &[(N, u64, u8)]) -> Vec<Vec<u8>> {
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < entries.len() {
+        let mut j = i;
+        let mut used = 0;
+        while j < entries.len() && used + DIRENT + entries[j].0.as_ref().len() <= BLOCK as usize {
+            used += DIRENT + entries[j].0.as_ref().len();
+            j += 1;
+        }
+        let mut b = Vec::with_capacity(BLOCK as usize);
+        let mut nameoff = DIRENT * (j - i);
+        for (name, nid, ft) in &entries[i..j] {
+            let d = Dirent {
+                nid: (*nid).into(),
+                nameoff: (nameoff as u16).into(),
+                file_type: *ft,
+                reserved: 0,
+            };
+            b.extend_from_slice(d.as_bytes());
+            nameoff += name.as_ref().len();
+        }
+        for (name, _, _) in &entries[i..j] {
+            b.extend_from_slice(name.as_ref());
+        }
+        blocks.push(b);
+        i = j;
+    }
+    blocks
+}
+
+/// What the superblock records that the layout decided.
+pub(super) struct Totals {
+    pub(super) blocks: u64,
+    pub(super) meta_blkaddr: u64,
+    pub(super) xattr_blkaddr: u64,
+    pub(super) uuid: [u8; 16],
+}
+
+impl ErofsBuilder {
+    /// Directory blocks, now that every nid is known; a directory's last
+    /// block goes inline where the plan said it fits.
+    pub(super) fn write_dirs(
+        &mut self,
+        tree: &MergedTree<Content>,
+        plan: &mut Plan<'_>,
+    ) -> Result<(), ExportError> {
+        let mut nid_of = vec![0u64; tree.id_bound()];
+        for r in &plan.recs {
+            nid_of[r.id as usize] = r.nid;
+        }
+        for r in plan.recs.iter_mut() {
+            let Some(names) = plan.dir_names[r.id as usize].as_ref() else {
+                continue;
+            };
+            let entries: Vec<(&[u8], u64, u8)> = names
+                .iter()
+                .map(|&(k, c)| (k, nid_of[c as usize], file_type(tree.node(c).meta.kind)))
+                .collect();
+            let mut blocks = dir_blocks(&entries);
+            let tail = if plan.dir_tail_inline[r.id as usize] {
+                blocks.pop()
+            } else {
+                None
+            };
+            if !blocks.is_empty() {
+                let mut all = Vec::with_capacity(blocks.len() * BLOCK as usize);
+                for b in &blocks {
+                    all.extend_from_slice(b);
+                    all.resize(all.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+                }
+                r.blkaddr = self.area.put(&all).map_err(werr)?.start as u32;
+            }
+            match tail {
+                Some(t) => r.inline = InlineSrc::Bytes(t),
+                None => r.layout = FLAT_PLAIN,
+            }
+        }
+        Ok(())
+    }
+
+    /// The metadata area from `meta_blkaddr`: each inode at its nid, its
+    /// xattrs and inline data after it.
+    pub(super) fn write_inodes(
+        &mut self,
+        tree: &MergedTree<Content>,
+        plan: &Plan<'_>,
+        meta_blkaddr: u64,
+    ) -> Result<(), ExportError> {
+        let mut f = self.area.file.try_clone().map_err(werr)?;
+        f.seek(SeekFrom::Start(meta_blkaddr * BLOCK))
+            .map_err(werr)?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut window = Window::default();
+        let mut pos: u64 = 0;
+        for (i, r) in plan.recs.iter().enumerate() {
+            let at = r.nid * 32;
+            if at > pos {
+                w.write_all(&vec![0u8; (at - pos) as usize]).map_err(werr)?;
+                pos = at;
+            }
+            let mut b = Vec::with_capacity(64);
+            inode(tree, r, i as u32 + 1, &mut b);
+            b.extend_from_slice(&r.xattrs);
+            match &r.inline {
+                InlineSrc::None => {}
+                InlineSrc::Bytes(x) => b.extend_from_slice(x),
+                InlineSrc::Spool(off, len) => {
+                    b.extend_from_slice(
+                        window.get(&self.spool, *off, *len as usize).map_err(werr)?,
+                    );
+                }
+            }
+            w.write_all(&b).map_err(werr)?;
+            pos += b.len() as u64;
+        }
+        let end = pos.div_ceil(BLOCK) * BLOCK;
+        w.write_all(&vec![0u8; (end - pos) as usize])
+            .map_err(werr)?;
+        w.flush().map_err(werr)?;
+        Ok(())
+    }
+
+    /// Block 0 with the superblock (and the lz4 configuration after it),
+    /// checksummed; the image cut to its length and synced.
+    pub(super) fn write_superblock(
+        &mut self,
+        plan: &Plan<'_>,
+        t: &Totals,
+    ) -> Result<(), ExportError> {
+        let recs = &plan.recs;
+        let lz4 = recs.iter().any(|r| r.layout == COMPRESSED_FULL);
+        let chunked = recs.iter().any(|r| r.layout == CHUNK_BASED);
+        let mut incompat = 0;
+        if lz4 {
+            incompat |= FEATURE_INCOMPAT_ZERO_PADDING | FEATURE_INCOMPAT_COMPR_CFGS;
+        }
+        if chunked {
+            incompat |= FEATURE_INCOMPAT_CHUNKED_FILE;
+        }
+        let sb = SuperBlock {
+            magic: MAGIC.into(),
+            feature_compat: FEATURE_COMPAT_SB_CHKSUM.into(),
+            blkszbits: 12,
+            root_nid: (recs[0].nid as u16).into(),
+            inos: (recs.len() as u64).into(),
+            build_time: (plan.build_time.max(0) as u64).into(),
+            blocks: (t.blocks as u32).into(),
+            meta_blkaddr: (t.meta_blkaddr as u32).into(),
+            xattr_blkaddr: (t.xattr_blkaddr as u32).into(),
+            uuid: t.uuid,
+            feature_incompat: incompat.into(),
+            // available_compr_algs: lz4.
+            u1: u16::from(lz4).into(),
+            ..Default::default()
+        };
+        let mut block = vec![0u8; BLOCK as usize];
+        let mut at = SB_OFFSET;
+        let mut put = |bytes: &[u8]| {
+            block[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(sb.as_bytes());
+        if lz4 {
+            // The lz4 configuration record, after its length.
+            let cfg = Lz4Cfgs {
+                max_distance: u16::MAX.into(),
+                max_pclusterblks: data::LZ4_MAX_PCLUSTER_BLOCKS.into(),
+                reserved: [0; 10],
+            };
+            put(&(size_of::<Lz4Cfgs>() as u16).to_le_bytes());
+            put(cfg.as_bytes());
+        }
+        let crc = crc32c(&block[SB_OFFSET..]);
+        block[SB_OFFSET + 4..SB_OFFSET + 8].copy_from_slice(&crc.to_le_bytes());
+        let f = &self.area.file;
+        f.write_all_at(&block, 0).map_err(werr)?;
+        f.set_len(t.blocks * BLOCK).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        Ok(())
+    }
+}
+
+/// One inode's fixed part: compact when its values fit, else extended.
+fn inode(tree: &MergedTree<Content>, r: &Rec, ino: u32, b: &mut Vec<u8>) {
+    let m = &tree.node(r.id).meta;
+    let mode = (type_bits(m.kind) | m.mode) as u16;
+    let icount: u16 = if r.xattrs.is_empty() {
+        0
+    } else {
+        1 + ((r.xattrs.len() - 12) / 4) as u16
+    };
+    let iu: u32 = match (m.kind, r.layout) {
+        (EntryType::Char | EntryType::Block, _) => {
+            (m.minor & 0xff) | (m.major << 8) | ((m.minor & !0xff) << 12)
+        }
+        (_, CHUNK_BASED) => u32::from(data::CHUNK_BITS),
+        (_, COMPRESSED_FULL) => r.blocks as u32,
+        _ => r.blkaddr,
+    };
+    if r.extended {
+        let i = InodeExtended {
+            format: ((r.layout << 1) | 1).into(),
+            xattr_icount: icount.into(),
+            mode: mode.into(),
+            size: r.size.into(),
+            u: iu.into(),
+            ino: ino.into(),
+            uid: (m.uid as u32).into(),
+            gid: (m.gid as u32).into(),
+            mtime: (m.mtime.max(0) as u64).into(),
+            nlink: r.nlink.into(),
+            ..Default::default()
+        };
+        b.extend_from_slice(i.as_bytes());
+    } else {
+        let i = InodeCompact {
+            format: (r.layout << 1).into(),
+            xattr_icount: icount.into(),
+            mode: mode.into(),
+            nlink: (r.nlink as u16).into(),
+            size: (r.size as u32).into(),
+            u: iu.into(),
+            ino: ino.into(),
+            uid: (m.uid as u16).into(),
+            gid: (m.gid as u16).into(),
+            ..Default::default()
+        };
+        b.extend_from_slice(i.as_bytes());
+    }
+}
+
+/// A read-ahead window over the tail spool: tails are spooled in the order
+/// the layers stream them and read back in inode order, which is mostly
+/// the same, so one read of a window serves many tails (a read per tail
+/// cost 40,000 system calls on rig/big).
+#[derive(Default)]
+struct Window {
+    start: u64,
+    data: Vec<u8>,
+}
+
+impl Window {
+    const SIZE: usize = 64 << 10;
+
+    fn get(&mut self, spool: &std::fs::File, off: u64, len: usize) -> io::Result<&[u8]> {
+        let inside = off >= self.start && off + len as u64 <= self.start + self.data.len() as u64;
+        if !inside {
+            let want = len.max(Self::SIZE);
+            self.data.resize(want, 0);
+            let mut got = 0;
+            while got < want {
+                let n = spool.read_at(&mut self.data[got..], off + got as u64)?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            if got < len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tail spool is short",
+                ));
+            }
+            self.data.truncate(got);
+            self.start = off;
+        }
+        let at = (off - self.start) as usize;
+        Ok(&self.data[at..at + len])
+    }
+}
