@@ -31,12 +31,9 @@ const RO_COMPAT_HUGE_FILE: u32 = 0x0008;
 const RO_COMPAT_DIR_NLINK: u32 = 0x0020;
 const RO_COMPAT_EXTRA_ISIZE: u32 = 0x0040;
 
-fn put16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
+use zerocopy::{FromZeros, IntoBytes};
+
+use super::format;
 
 /// What the superblock records.
 pub struct Super {
@@ -53,59 +50,45 @@ pub struct Super {
 
 /// The 1024-byte superblock (at byte 1024 of the image).
 pub fn superblock(s: &Super) -> Vec<u8> {
-    let mut b = vec![0u8; 1024];
-    put32(&mut b, 0, s.inodes_count);
-    put32(&mut b, 4, s.blocks_count as u32);
-    put32(&mut b, 12, s.free_blocks as u32);
-    put32(&mut b, 16, s.free_inodes);
-    put32(&mut b, 20, 0); // s_first_data_block: 0 with 4 KiB blocks
-    put32(&mut b, 24, 2); // log2(4096) - 10
-    put32(&mut b, 28, 2);
-    put32(&mut b, 32, BLOCKS_PER_GROUP as u32);
-    put32(&mut b, 36, BLOCKS_PER_GROUP as u32);
-    put32(&mut b, 40, s.inodes_per_group);
-    put32(&mut b, 44, 0); // s_mtime: never mounted
-    put32(&mut b, 48, s.time); // s_wtime
-    put16(&mut b, 52, 0);
-    put16(&mut b, 54, 0xFFFF); // s_max_mnt_count -1: no forced checks
-    put16(&mut b, 56, 0xEF53);
-    put16(&mut b, 58, 1); // clean
-    put16(&mut b, 60, 1); // errors: continue
-    put32(&mut b, 64, s.time); // s_lastcheck
-    put32(&mut b, 76, 1); // dynamic revision
-    put32(&mut b, 84, FIRST_INO);
-    put16(&mut b, 88, INODE_SIZE as u16);
-    put32(
-        &mut b,
-        92,
-        COMPAT_EXT_ATTR | COMPAT_DIR_INDEX | COMPAT_SPARSE_SUPER2,
-    );
-    put32(
-        &mut b,
-        96,
-        INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG,
-    );
-    put32(
-        &mut b,
-        100,
-        RO_COMPAT_SPARSE_SUPER
-            | RO_COMPAT_LARGE_FILE
-            | RO_COMPAT_HUGE_FILE
-            | RO_COMPAT_DIR_NLINK
-            | RO_COMPAT_EXTRA_ISIZE,
-    );
-    b[104..120].copy_from_slice(&s.uuid);
-    for (i, w) in s.hash_seed.chunks(4).enumerate() {
-        b[236 + 4 * i..240 + 4 * i].copy_from_slice(w);
-    }
-    b[252] = 1; // s_def_hash_version: half_md4, as mke2fs
-    put32(&mut b, 264, s.time); // s_mkfs_time
-    put16(&mut b, 348, 32); // s_min_extra_isize
-    put16(&mut b, 350, 32); // s_want_extra_isize
-    put32(&mut b, 352, 0x2); // s_flags: unsigned directory hash
-    b[372] = s.log_groups_per_flex;
-    // s_backup_bgs (0x24C) stay 0: with sparse_super2, no backup copies.
-    b
+    let mut b = format::SuperBlock::new_zeroed();
+    b.inodes_count = s.inodes_count.into();
+    b.blocks_count_lo = (s.blocks_count as u32).into();
+    b.free_blocks_count_lo = (s.free_blocks as u32).into();
+    b.free_inodes_count = s.free_inodes.into();
+    // s_first_data_block stays 0 with 4 KiB blocks.
+    b.log_block_size = 2.into(); // log2(4096) - 10
+    b.log_cluster_size = 2.into();
+    b.blocks_per_group = (BLOCKS_PER_GROUP as u32).into();
+    b.clusters_per_group = (BLOCKS_PER_GROUP as u32).into();
+    b.inodes_per_group = s.inodes_per_group.into();
+    // s_mtime stays 0: never mounted.
+    b.wtime = s.time.into();
+    b.max_mnt_count = 0xFFFF.into(); // -1: no forced checks
+    b.magic = 0xEF53.into();
+    b.state = 1.into(); // clean
+    b.errors = 1.into(); // continue
+    b.lastcheck = s.time.into();
+    b.rev_level = 1.into(); // dynamic revision
+    b.first_ino = FIRST_INO.into();
+    b.inode_size = (INODE_SIZE as u16).into();
+    b.feature_compat = (COMPAT_EXT_ATTR | COMPAT_DIR_INDEX | COMPAT_SPARSE_SUPER2).into();
+    b.feature_incompat = (INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG).into();
+    b.feature_ro_compat = (RO_COMPAT_SPARSE_SUPER
+        | RO_COMPAT_LARGE_FILE
+        | RO_COMPAT_HUGE_FILE
+        | RO_COMPAT_DIR_NLINK
+        | RO_COMPAT_EXTRA_ISIZE)
+        .into();
+    b.uuid = s.uuid;
+    b.hash_seed = s.hash_seed;
+    b.def_hash_version = 1; // half_md4, as mke2fs
+    b.mkfs_time = s.time.into();
+    b.min_extra_isize = 32.into();
+    b.want_extra_isize = 32.into();
+    b.flags = 0x2.into(); // unsigned directory hash
+    b.log_groups_per_flex = s.log_groups_per_flex;
+    // s_backup_bgs stay 0: with sparse_super2, no backup copies.
+    b.as_bytes().to_vec()
 }
 
 pub struct GroupDesc {
@@ -118,12 +101,16 @@ pub struct GroupDesc {
 }
 
 pub fn group_desc(g: &GroupDesc, out: &mut [u8]) {
-    put32(out, 0, g.block_bitmap);
-    put32(out, 4, g.inode_bitmap);
-    put32(out, 8, g.inode_table);
-    put16(out, 12, g.free_blocks);
-    put16(out, 14, g.free_inodes);
-    put16(out, 16, g.used_dirs);
+    let d = format::GroupDesc {
+        block_bitmap_lo: g.block_bitmap.into(),
+        inode_bitmap_lo: g.inode_bitmap.into(),
+        inode_table_lo: g.inode_table.into(),
+        free_blocks_count_lo: g.free_blocks.into(),
+        free_inodes_count_lo: g.free_inodes.into(),
+        used_dirs_count_lo: g.used_dirs.into(),
+        ..Default::default()
+    };
+    out[..size_of::<format::GroupDesc>()].copy_from_slice(d.as_bytes());
 }
 
 pub use crate::blocks::Run;
@@ -141,50 +128,63 @@ pub fn extents(run: Run) -> Vec<(u32, u16, u64)> {
     out
 }
 
-fn extent_header(b: &mut [u8], entries: usize, max: usize, depth: u16) {
-    put16(b, 0, EXTENT_MAGIC);
-    put16(b, 2, entries as u16);
-    put16(b, 4, max as u16);
-    put16(b, 6, depth);
+fn extent_header(entries: usize, max: usize, depth: u16) -> format::ExtentHeader {
+    format::ExtentHeader {
+        magic: EXTENT_MAGIC.into(),
+        entries: (entries as u16).into(),
+        max: (max as u16).into(),
+        depth: depth.into(),
+        generation: 0.into(),
+    }
 }
 
-fn put_extent(b: &mut [u8], at: usize, (lblk, len, pblk): (u32, u16, u64)) {
-    put32(b, at, lblk);
-    put16(b, at + 4, len);
-    put16(b, at + 6, (pblk >> 32) as u16);
-    put32(b, at + 8, pblk as u32);
+fn extent((lblk, len, pblk): (u32, u16, u64)) -> format::Extent {
+    format::Extent {
+        block: lblk.into(),
+        len: len.into(),
+        start_hi: ((pblk >> 32) as u16).into(),
+        start_lo: (pblk as u32).into(),
+    }
 }
 
 /// `i_block` for up to four extents: a depth-0 tree in the inode.
 pub fn inline_tree(ext: &[(u32, u16, u64)]) -> [u8; 60] {
-    let mut b = [0u8; 60];
-    extent_header(&mut b, ext.len(), 4, 0);
-    for (i, e) in ext.iter().enumerate() {
-        put_extent(&mut b, 12 + 12 * i, *e);
+    let mut b = Vec::with_capacity(60);
+    b.extend_from_slice(extent_header(ext.len(), 4, 0).as_bytes());
+    for e in ext {
+        b.extend_from_slice(extent(*e).as_bytes());
     }
-    b
+    let mut out = [0u8; 60];
+    out[..b.len()].copy_from_slice(&b);
+    out
 }
 
 /// A depth-1 tree: `i_block` indexes leaf blocks of up to 340 extents.
 /// Returns `i_block` and the leaf blocks to write at `leaves`.
 pub fn indexed_tree(ext: &[(u32, u16, u64)], leaves: &[u64]) -> ([u8; 60], Vec<Vec<u8>>) {
-    let mut ib = [0u8; 60];
     let chunks: Vec<&[(u32, u16, u64)]> = ext.chunks(LEAF_EXTENTS).collect();
-    extent_header(&mut ib, chunks.len(), 4, 1);
+    let mut ib = Vec::with_capacity(60);
+    ib.extend_from_slice(extent_header(chunks.len(), 4, 1).as_bytes());
     let mut blocks = Vec::new();
-    for (i, (chunk, &leaf)) in chunks.iter().zip(leaves).enumerate() {
-        let at = 12 + 12 * i;
-        put32(&mut ib, at, chunk[0].0);
-        put32(&mut ib, at + 4, leaf as u32);
-        put16(&mut ib, at + 8, (leaf >> 32) as u16);
-        let mut b = vec![0u8; BLOCK as usize];
-        extent_header(&mut b, chunk.len(), LEAF_EXTENTS, 0);
-        for (j, e) in chunk.iter().enumerate() {
-            put_extent(&mut b, 12 + 12 * j, *e);
+    for (chunk, &leaf) in chunks.iter().zip(leaves) {
+        let idx = format::ExtentIdx {
+            block: chunk[0].0.into(),
+            leaf_lo: (leaf as u32).into(),
+            leaf_hi: ((leaf >> 32) as u16).into(),
+            unused: 0.into(),
+        };
+        ib.extend_from_slice(idx.as_bytes());
+        let mut b = Vec::with_capacity(BLOCK as usize);
+        b.extend_from_slice(extent_header(chunk.len(), LEAF_EXTENTS, 0).as_bytes());
+        for e in *chunk {
+            b.extend_from_slice(extent(*e).as_bytes());
         }
+        b.resize(BLOCK as usize, 0);
         blocks.push(b);
     }
-    (ib, blocks)
+    let mut out = [0u8; 60];
+    out[..ib.len()].copy_from_slice(&ib);
+    (out, blocks)
 }
 
 /// Leaf blocks an extent list needs beyond the inode (0 if it fits).
@@ -221,35 +221,41 @@ fn time_fields(t: i64) -> (u32, u32) {
 }
 
 pub fn inode(n: &Inode) -> [u8; INODE_SIZE] {
-    let mut b = [0u8; INODE_SIZE];
-    put16(&mut b, 0, n.mode);
-    put16(&mut b, 2, n.uid as u16);
-    put32(&mut b, 4, n.size as u32);
+    let mut b = format::Inode::new_zeroed();
     let (t, extra) = time_fields(n.time);
-    for at in [8, 12, 16] {
-        put32(&mut b, at, t); // atime, ctime, mtime
-    }
-    put16(&mut b, 24, n.gid as u16);
-    put16(&mut b, 26, n.links);
     let sectors = n.blocks * (BLOCK / 512);
-    put32(&mut b, 28, sectors as u32);
-    put32(&mut b, 32, n.flags);
-    b[40..100].copy_from_slice(&n.block);
-    put32(&mut b, 104, n.xattr_block as u32);
-    put32(&mut b, 108, (n.size >> 32) as u32);
-    put16(&mut b, 116, (sectors >> 32) as u16);
-    put16(&mut b, 118, (n.xattr_block >> 32) as u16);
-    put16(&mut b, 120, (n.uid >> 16) as u16);
-    put16(&mut b, 122, (n.gid >> 16) as u16);
-    put16(&mut b, 128, 32); // i_extra_isize
-    for at in [132, 136, 140, 148] {
-        put32(&mut b, at, extra); // ctime, mtime, atime, crtime extra
+    b.mode = n.mode.into();
+    b.uid = (n.uid as u16).into();
+    b.uid_high = ((n.uid >> 16) as u16).into();
+    b.gid = (n.gid as u16).into();
+    b.gid_high = ((n.gid >> 16) as u16).into();
+    b.size_lo = (n.size as u32).into();
+    b.size_high = ((n.size >> 32) as u32).into();
+    for f in [&mut b.atime, &mut b.ctime, &mut b.mtime, &mut b.crtime] {
+        *f = t.into();
     }
-    put32(&mut b, 144, t); // crtime
+    for f in [
+        &mut b.ctime_extra,
+        &mut b.mtime_extra,
+        &mut b.atime_extra,
+        &mut b.crtime_extra,
+    ] {
+        *f = extra.into();
+    }
+    b.links_count = n.links.into();
+    b.blocks_lo = (sectors as u32).into();
+    b.blocks_high = ((sectors >> 32) as u16).into();
+    b.flags = n.flags.into();
+    b.block = n.block;
+    b.file_acl_lo = (n.xattr_block as u32).into();
+    b.file_acl_high = ((n.xattr_block >> 32) as u16).into();
+    b.extra_isize = 32.into();
     if let Some(x) = &n.xattrs {
-        b[160..256].copy_from_slice(x);
+        b.xattrs.copy_from_slice(x);
     }
-    b
+    let mut out = [0u8; INODE_SIZE];
+    out.copy_from_slice(b.as_bytes());
+    out
 }
 
 /// `i_block` of a device inode: the old 16-bit encoding when it fits,
@@ -257,13 +263,10 @@ pub fn inode(n: &Inode) -> [u8; INODE_SIZE] {
 pub fn device_block(major: u32, minor: u32) -> [u8; 60] {
     let mut b = [0u8; 60];
     if major < 256 && minor < 256 {
-        put32(&mut b, 0, (major << 8) | minor);
+        b[..4].copy_from_slice(&((major << 8) | minor).to_le_bytes());
     } else {
-        put32(
-            &mut b,
-            4,
-            (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12),
-        );
+        let new = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        b[4..8].copy_from_slice(&new.to_le_bytes());
     }
     b
 }
@@ -271,33 +274,44 @@ pub fn device_block(major: u32, minor: u32) -> [u8; 60] {
 /// Directory entries packed into 4 KiB blocks (linear directory; the last
 /// entry of each block stretches to its end).
 pub fn dir_blocks(entries: &[(u32, &[u8], u8)]) -> Vec<u8> {
+    const HEAD: usize = size_of::<format::DirEntry>();
+    // The last entry of a block is stretched to its end once the block is
+    // full: its header is written then.
+    fn stretch(out: &mut [u8], last: Option<(usize, u32, u8, u8)>, block_end: usize) {
+        if let Some((at, ino, name_len, ftype)) = last {
+            let e = format::DirEntry {
+                inode: ino.into(),
+                rec_len: ((block_end - at) as u16).into(),
+                name_len,
+                file_type: ftype,
+            };
+            out[at..at + HEAD].copy_from_slice(e.as_bytes());
+        }
+    }
     let mut out: Vec<u8> = Vec::new();
     let mut block_start = 0;
-    let mut last: Option<usize> = None;
+    let mut last = None;
     for &(ino, name, ftype) in entries {
-        let rec = (8 + name.len()).div_ceil(4) * 4;
+        let rec = (HEAD + name.len()).div_ceil(4) * 4;
         let used = out.len() - block_start;
         if used + rec > BLOCK as usize {
-            if let Some(l) = last {
-                let len = (block_start + BLOCK as usize - l) as u16;
-                put16(&mut out, l + 4, len);
-            }
+            stretch(&mut out, last, block_start + BLOCK as usize);
             out.resize(block_start + BLOCK as usize, 0);
             block_start = out.len();
         }
         let at = out.len();
+        let e = format::DirEntry {
+            inode: ino.into(),
+            rec_len: (rec as u16).into(),
+            name_len: name.len() as u8,
+            file_type: ftype,
+        };
+        out.extend_from_slice(e.as_bytes());
+        out.extend_from_slice(name);
         out.resize(at + rec, 0);
-        put32(&mut out, at, ino);
-        put16(&mut out, at + 4, rec as u16);
-        out[at + 6] = name.len() as u8;
-        out[at + 7] = ftype;
-        out[at + 8..at + 8 + name.len()].copy_from_slice(name);
-        last = Some(at);
+        last = Some((at, ino, name.len() as u8, ftype));
     }
-    if let Some(l) = last {
-        let len = (block_start + BLOCK as usize - l) as u16;
-        put16(&mut out, l + 4, len);
-    }
+    stretch(&mut out, last, block_start + BLOCK as usize);
     out.resize(block_start + BLOCK as usize, 0);
     out
 }

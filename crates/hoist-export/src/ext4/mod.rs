@@ -19,6 +19,7 @@
 //! Files replaced by later layers give their blocks back for reuse.
 
 mod disk;
+mod format;
 mod layout;
 mod xattr;
 

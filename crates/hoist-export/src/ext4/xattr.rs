@@ -4,6 +4,9 @@
 //! (version 2) and are stored in ext4's shorter disk form (version 1).
 
 use crate::error::ExportError;
+use zerocopy::IntoBytes;
+
+use super::format::{XattrBlockHeader, XattrEntry};
 
 pub const MAGIC: u32 = 0xEA02_0000;
 /// Space after `i_extra_isize` in a 256-byte inode: 256 - 128 - 32.
@@ -121,12 +124,15 @@ fn entry_hash(a: &Attr) -> u32 {
 }
 
 fn put_entry(buf: &mut [u8], at: usize, a: &Attr, value_offs: usize) {
-    buf[at] = a.name.len() as u8;
-    buf[at + 1] = a.index;
-    buf[at + 2..at + 4].copy_from_slice(&(value_offs as u16).to_le_bytes());
-    // e_value_inum stays 0.
-    buf[at + 8..at + 12].copy_from_slice(&(a.value.len() as u32).to_le_bytes());
-    buf[at + 12..at + 16].copy_from_slice(&entry_hash(a).to_le_bytes());
+    let e = XattrEntry {
+        name_len: a.name.len() as u8,
+        name_index: a.index,
+        value_offs: (value_offs as u16).into(),
+        value_inum: 0.into(),
+        value_size: (a.value.len() as u32).into(),
+        hash: entry_hash(a).into(),
+    };
+    buf[at..at + 16].copy_from_slice(e.as_bytes());
     buf[at + 16..at + 16 + a.name.len()].copy_from_slice(&a.name);
 }
 
@@ -170,9 +176,6 @@ pub fn place(attrs: &[Attr], path: &str) -> Result<Placement, ExportError> {
     }
     // Header, entries from offset 32, values packed down from the end.
     let mut buf = vec![0u8; BLOCK];
-    buf[..4].copy_from_slice(&MAGIC.to_le_bytes());
-    buf[4..8].copy_from_slice(&1u32.to_le_bytes()); // h_refcount
-    buf[8..12].copy_from_slice(&1u32.to_le_bytes()); // h_blocks
     let mut at = 32;
     let mut end = BLOCK;
     let mut block_hash: u32 = 0;
@@ -183,7 +186,14 @@ pub fn place(attrs: &[Attr], path: &str) -> Result<Placement, ExportError> {
         block_hash = (block_hash << 16) ^ (block_hash >> 16) ^ entry_hash(a);
         at += 16 + round4(a.name.len());
     }
-    buf[12..16].copy_from_slice(&block_hash.to_le_bytes());
+    let h = XattrBlockHeader {
+        magic: MAGIC.into(),
+        refcount: 1.into(),
+        blocks: 1.into(),
+        hash: block_hash.into(),
+        ..Default::default()
+    };
+    buf[..32].copy_from_slice(h.as_bytes());
     Ok(Placement::Block(buf))
 }
 
