@@ -11,6 +11,10 @@ pub enum UnpackError {
     },
     #[error("invalid layer archive: {0}")]
     InvalidArchive(String),
+    /// A layer whose meaning depends on the layers around it, which a
+    /// layer-shared disk cannot hold (export it whole instead).
+    #[error("this layer cannot be shared: {0}; export the image without --shared-layers")]
+    NotStandalone(String),
     #[error("invalid layer archive: {0} has a parent that is not a directory")]
     NotADirectory(String),
     #[error("reading the layer: {0}")]

@@ -11,6 +11,7 @@ mod guard;
 #[cfg(feature = "isal")]
 mod isal_gzip;
 mod layer;
+mod listing;
 mod merge;
 mod meta;
 pub mod path;
@@ -21,6 +22,7 @@ mod stream;
 pub use error::UnpackError;
 pub use guard::Guard;
 pub use layer::{LayerOptions, LayerStats, Ownership, Unpacker};
+pub use listing::{Listed, ListedBody, OVERLAY_OPAQUE};
 pub use merge::{write_failed, Body, ContentSink, MergedTree, Node, NodeId, WriteFailed, ROOT};
 pub use meta::{EntryMeta, EntryType, TreeMeta};
 pub use root::remove_tree;

@@ -96,14 +96,16 @@ pub struct MergedTree<H> {
     nodes: Vec<Option<Node<H>>>,
     /// Tar paths this layer made: whiteouts and opaque markers only hide
     /// what lower layers made. By path, as the unpacker keeps them.
-    added: HashSet<Vec<u8>>,
+    pub(crate) added: HashSet<Vec<u8>>,
     /// Directory metadata by tar path, applied by [`MergedTree::finish`]
     /// to whatever directory the path names then: what the unpacker does
     /// (it must defer it, or a 0555 directory would refuse its children),
     /// kept here so both give the same tree even through symlinks that
     /// later layers retarget.
     pending: BTreeMap<Vec<u8>, (EntryMeta, Xattrs)>,
-    guard: crate::Guard,
+    pub(crate) guard: crate::Guard,
+    /// A tree of one layer alone, its whiteouts kept (see `listing.rs`).
+    pub(crate) raw: Option<crate::listing::Raw>,
 }
 
 fn invalid(msg: String) -> UnpackError {
@@ -128,6 +130,7 @@ impl<H> MergedTree<H> {
             added: HashSet::new(),
             pending: BTreeMap::new(),
             guard: crate::Guard::default(),
+            raw: None,
         }
     }
 
@@ -140,7 +143,7 @@ impl<H> MergedTree<H> {
         self.nodes[id as usize].as_ref().expect("live node")
     }
 
-    fn node_mut(&mut self, id: NodeId) -> &mut Node<H> {
+    pub(crate) fn node_mut(&mut self, id: NodeId) -> &mut Node<H> {
         self.nodes[id as usize].as_mut().expect("live node")
     }
 
@@ -161,11 +164,11 @@ impl<H> MergedTree<H> {
         }
     }
 
-    fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+    pub(crate) fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
         self.children(dir)?.get(name).copied()
     }
 
-    fn push(&mut self, n: Node<H>) -> NodeId {
+    pub(crate) fn push(&mut self, n: Node<H>) -> NodeId {
         self.nodes.push(Some(n));
         (self.nodes.len() - 1) as NodeId
     }
@@ -203,7 +206,7 @@ impl<H> MergedTree<H> {
     /// The directory at `rel`, following symlinks inside the root (the
     /// unpacker's `openat2(RESOLVE_IN_ROOT)`). `Ok(None)`: something on
     /// the way is missing.
-    fn lookup_dir(&self, rel: &[u8]) -> Result<Option<NodeId>, UnpackError> {
+    pub(crate) fn lookup_dir(&self, rel: &[u8]) -> Result<Option<NodeId>, UnpackError> {
         let mut todo: VecDeque<Vec<u8>> = split_components(rel).collect();
         let mut stack: Vec<NodeId> = vec![ROOT];
         let mut followed = 0;
@@ -246,7 +249,7 @@ impl<H> MergedTree<H> {
     }
 
     /// The directory at `rel`, made (with its missing parents) if need be.
-    fn dir(&mut self, rel: &[u8]) -> Result<NodeId, UnpackError> {
+    pub(crate) fn dir(&mut self, rel: &[u8]) -> Result<NodeId, UnpackError> {
         match self.lookup_dir(rel)? {
             Some(id) => Ok(id),
             None => self.make_dirs(rel, 0),
@@ -287,6 +290,9 @@ impl<H> MergedTree<H> {
                     });
                     self.link(cur, comp.to_vec(), id);
                     self.added.insert(prefix.clone());
+                    if let Some(raw) = &mut self.raw {
+                        raw.made_implicit(&prefix);
+                    }
                     id
                 }
                 Some(id) => {
@@ -316,6 +322,11 @@ impl<H> MergedTree<H> {
     /// Apply the deferred directory metadata. Call once, after the last
     /// layer.
     pub fn finish(&mut self) -> Result<(), UnpackError> {
+        self.make_whiteouts()?;
+        self.check_deferred(self.pending.keys())?;
+        if let Some(raw) = &mut self.raw {
+            raw.explicit(self.pending.keys());
+        }
         let pending = std::mem::take(&mut self.pending);
         // Deepest first, as the unpacker must (a directory's mode could
         // deny its children); two tar paths naming one directory through
@@ -338,10 +349,10 @@ impl<H> MergedTree<H> {
             n.meta = meta;
             n.xattrs = xattrs;
         }
-        Ok(())
+        self.mark_opaque()
     }
 
-    fn link(&mut self, dir: NodeId, name: Vec<u8>, id: NodeId) {
+    pub(crate) fn link(&mut self, dir: NodeId, name: Vec<u8>, id: NodeId) {
         if let Body::Dir(c) = &mut self.node_mut(dir).body {
             c.insert(name, id);
         }
@@ -377,11 +388,14 @@ impl<H> MergedTree<H> {
         }
     }
 
-    fn whiteout<S: ContentSink<Handle = H>>(
+    pub(crate) fn whiteout<S: ContentSink<Handle = H>>(
         &mut self,
         target: &[u8],
         sink: &mut S,
     ) -> Result<(), UnpackError> {
+        if self.raw.is_some() {
+            return self.keep_whiteout(target);
+        }
         if target.is_empty() || self.added.contains(target) {
             return Ok(());
         }
@@ -397,11 +411,14 @@ impl<H> MergedTree<H> {
         Ok(())
     }
 
-    fn opaque<S: ContentSink<Handle = H>>(
+    pub(crate) fn opaque<S: ContentSink<Handle = H>>(
         &mut self,
         dir: &[u8],
         sink: &mut S,
     ) -> Result<(), UnpackError> {
+        if self.raw.is_some() {
+            return self.keep_opaque(dir);
+        }
         let Some(d) = self.lookup_dir(dir)? else {
             return Ok(());
         };
@@ -433,64 +450,91 @@ impl<H> MergedTree<H> {
             Entry::Kind(k) => k,
         };
         let h = read_header(e, kind)?;
+        self.place(rel, kind, h.meta, h.xattrs, sink, |rel, sink| {
+            Ok(match kind {
+                EntryType::Dir => Body::Dir(BTreeMap::new()),
+                EntryType::File => {
+                    // A GNU sparse entry stores less than it expands to;
+                    // the reader gives the expanded bytes.
+                    let size = match e.header().as_gnu() {
+                        Some(g) if e.header().entry_type() == tar::EntryType::GNUSparse => g
+                            .real_size()
+                            .map_err(|x| invalid(format!("{}: bad sparse size: {x}", show(rel))))?,
+                        _ => e.size(),
+                    };
+                    let mut counted = Exact {
+                        inner: &mut *e,
+                        left: size,
+                    };
+                    let content = sink.store(size, &mut counted).map_err(sink_error)?;
+                    Body::File {
+                        size,
+                        content: Some(content),
+                    }
+                }
+                EntryType::Symlink => {
+                    let target = e
+                        .link_name_bytes()
+                        .filter(|t| !t.is_empty())
+                        .ok_or_else(|| invalid(format!("{}: symlink without target", show(rel))))?
+                        .into_owned();
+                    path::check_target(rel, &target)?;
+                    Body::Symlink(target)
+                }
+                EntryType::Char | EntryType::Block | EntryType::Fifo => Body::Special,
+            })
+        })
+    }
+
+    /// Put an entry of this layer at `rel`, replacing what is there (a
+    /// directory over a directory only takes its metadata, deferred).
+    /// `body` makes the new node's body once the place is known.
+    pub(crate) fn place<S: ContentSink<Handle = H>>(
+        &mut self,
+        rel: Vec<u8>,
+        kind: EntryType,
+        meta: EntryMeta,
+        xattrs: Xattrs,
+        sink: &mut S,
+        body: impl FnOnce(&[u8], &mut S) -> Result<Body<H>, UnpackError>,
+    ) -> Result<(), UnpackError> {
         if rel.is_empty() {
-            self.pending.insert(rel, (h.meta, h.xattrs));
+            self.pending.insert(rel, (meta, xattrs));
             return Ok(());
         }
         let (parent, name) = path::split(&rel);
+        self.alone_through(parent, &rel)?;
         let p = self.dir(parent)?;
         let existing = self.child(p, name);
         if kind == EntryType::Dir {
             if let Some(id) = existing {
                 if matches!(self.node(id).body, Body::Dir(_)) {
+                    if let Some(raw) = &self.raw {
+                        raw.named_late(&rel)?;
+                    }
                     self.added.insert(rel.clone());
-                    self.pending.insert(rel, (h.meta, h.xattrs));
+                    self.pending.insert(rel, (meta, xattrs));
                     return Ok(());
                 }
             }
         }
-        if existing.is_some() {
+        if let Some(id) = existing {
+            self.alone_replacing(id, &rel)?;
+            if let (Some(raw), EntryType::Dir) = (&mut self.raw, kind) {
+                // What this directory replaced had replaced whatever lay
+                // below: nothing of that shows through.
+                raw.replaced_by_dir(&rel);
+            }
             self.unlink(p, name, sink);
             self.forget(&rel);
         }
         let (meta, xattrs) = if kind == EntryType::Dir {
-            self.pending.insert(rel.clone(), (h.meta, h.xattrs));
+            self.pending.insert(rel.clone(), (meta, xattrs));
             (EntryMeta::implicit_dir(), Vec::new())
         } else {
-            (h.meta, h.xattrs)
+            (meta, xattrs)
         };
-        let body = match kind {
-            EntryType::Dir => Body::Dir(BTreeMap::new()),
-            EntryType::File => {
-                // A GNU sparse entry stores less than it expands to; the
-                // reader gives the expanded bytes.
-                let size = match e.header().as_gnu() {
-                    Some(g) if e.header().entry_type() == tar::EntryType::GNUSparse => g
-                        .real_size()
-                        .map_err(|x| invalid(format!("{}: bad sparse size: {x}", show(&rel))))?,
-                    _ => e.size(),
-                };
-                let mut counted = Exact {
-                    inner: &mut *e,
-                    left: size,
-                };
-                let content = sink.store(size, &mut counted).map_err(sink_error)?;
-                Body::File {
-                    size,
-                    content: Some(content),
-                }
-            }
-            EntryType::Symlink => {
-                let target = e
-                    .link_name_bytes()
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(|| invalid(format!("{}: symlink without target", show(&rel))))?
-                    .into_owned();
-                path::check_target(&rel, &target)?;
-                Body::Symlink(target)
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => Body::Special,
-        };
+        let body = body(&rel, sink)?;
         let id = self.push(Node {
             meta,
             xattrs,
@@ -512,6 +556,16 @@ impl<H> MergedTree<H> {
             .link_name_bytes()
             .ok_or_else(|| invalid(format!("{}: hardlink without target", show(&rel))))?;
         let target = path::clean(&raw);
+        self.link_to(rel, target, sink)
+    }
+
+    /// A hardlink of this layer at `rel` to the node at `target`.
+    pub(crate) fn link_to<S: ContentSink<Handle = H>>(
+        &mut self,
+        rel: Vec<u8>,
+        target: Vec<u8>,
+        sink: &mut S,
+    ) -> Result<(), UnpackError> {
         path::check(&target)?;
         if rel.is_empty() || target.is_empty() {
             return Err(invalid(format!(
@@ -536,7 +590,11 @@ impl<H> MergedTree<H> {
             return Err(invalid(format!("{}: hardlink to a directory", show(&rel))));
         }
         let (parent, name) = path::split(&rel);
+        self.alone_through(parent, &rel)?;
         let p = self.dir(parent)?;
+        if let Some(id) = self.child(p, name) {
+            self.alone_replacing(id, &rel)?;
+        }
         // Held while the old entry goes, in case that entry is the target.
         self.node_mut(tid).links += 1;
         if self.child(p, name).is_some() {

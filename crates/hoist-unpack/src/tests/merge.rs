@@ -268,3 +268,146 @@ fn gnu_sparse_files_merge_to_their_expanded_contents() {
     assert_eq!(*size, 4 << 20);
     assert_eq!(content.as_deref().unwrap(), want);
 }
+
+/// Contents a listing refers to, stored elsewhere: nothing to count.
+struct Refs;
+
+impl ContentSink for Refs {
+    type Handle = Vec<u8>;
+    fn store(&mut self, _size: u64, r: &mut dyn Read) -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v)?;
+        Ok(v)
+    }
+    fn release(&mut self, _h: Vec<u8>) {}
+}
+
+/// Layer-shared disks rebuild an image from each layer's tree alone: the
+/// layer applied with its whiteouts kept, listed back, and the listings
+/// applied in order must give the tree the tar streams give. Stacks whose
+/// layer cannot stand alone (a hardlink to a lower layer's file) are
+/// refused when the layer's tree is made, never merged differently.
+#[test]
+fn listings_of_one_layer_trees_merge_to_the_same_tree_as_the_tars() {
+    let mut rng = fastrand::Rng::with_seed(0x5a4ed);
+    let (mut compared, mut refused, mut lenient) = (0, 0, 0);
+    for i in 0..8000 {
+        let layers: Vec<Vec<u8>> = (0..rng.usize(1..4))
+            .map(|_| random_layer(&mut rng))
+            .collect();
+        let mut sink = Mem::default();
+        let mut want = MergedTree::new();
+        let from_tars: Result<(), crate::UnpackError> = layers
+            .iter()
+            .try_for_each(|l| want.apply_layer(&mut &l[..], &mut sink).map(|_| ()))
+            .and_then(|()| want.finish());
+        let mut lsink = Mem::default();
+        let alone: Result<Vec<MergedTree<Vec<u8>>>, _> = layers
+            .iter()
+            .map(|l| {
+                let mut t = MergedTree::new_layer();
+                t.apply_layer(&mut &l[..], &mut lsink)?;
+                t.finish()?;
+                Ok::<_, crate::UnpackError>(t)
+            })
+            .collect();
+        let Ok(alone) = alone else {
+            refused += 1;
+            continue;
+        };
+        let mut got = MergedTree::new();
+        let mut gsink = Refs;
+        let from_listings: Result<(), crate::UnpackError> = alone
+            .iter()
+            .try_for_each(|t| got.apply_listing(t.listing(), &mut gsink).map(|_| ()))
+            .and_then(|()| got.finish());
+        match (&from_tars, &from_listings) {
+            (Ok(()), Ok(())) => {
+                let (mut a, mut b) = (merged_listing(&want), merged_listing(&got));
+                normalise_groups(&mut a);
+                normalise_groups(&mut b);
+                assert_eq!(a, b, "case {i}:\n{}", describe(&layers));
+                compared += 1;
+            }
+            (Err(_), Err(_)) => {}
+            (Ok(()), Err(crate::UnpackError::NotStandalone(_))) => refused += 1,
+            // A refusal that came from the order of a layer's entries (a
+            // symlink loop met before the entry that replaced the link):
+            // the layer's tree alone has no order left to refuse.
+            (Err(_), Ok(())) => lenient += 1,
+            (a, b) => panic!(
+                "case {i}: tars {a:?} but listings {b:?}\n{}",
+                describe(&layers)
+            ),
+        }
+    }
+    assert!(
+        compared > 1000 && lenient < 30,
+        "{compared} compared, {refused} refused, {lenient} accepted that the tars refuse"
+    );
+    eprintln!("{compared} compared, {refused} refused, {lenient} accepted that the tars refuse");
+}
+
+/// A layer as Docker writes one (parents first, real paths, the opaque
+/// marker after its directory's entry), over a base with a usrmerge-style
+/// symlink: its tree alone keeps the whiteout as a 0/0 character device and
+/// the opaque directory as `trusted.overlay.opaque=y`, is not refused, and
+/// its listing over the base gives the tar's tree.
+#[test]
+fn a_docker_style_layer_stands_alone_with_overlayfs_whiteouts() {
+    let base = Tar::new()
+        .add(dir("usr"))
+        .add(dir("usr/lib"))
+        .add(file("usr/lib/a", b"a"))
+        .add(symlink("lib", "usr/lib"))
+        .add(dir("etc"))
+        .add(file("etc/motd", b"hi"))
+        .add(dir("doc"))
+        .add(file("doc/old", b"old"))
+        .finish();
+    let top = Tar::new()
+        .add(whiteout("etc/.wh.motd"))
+        .add(dir("doc"))
+        .add(whiteout("doc/.wh..wh..opq"))
+        .add(file("doc/new", b"new"))
+        .add(file("usr/lib/b", b"b"))
+        .add(hardlink("usr/lib/c", "usr/lib/b"))
+        .finish();
+    let mut alone = MergedTree::new_layer();
+    let mut sink = Refs;
+    alone.apply_layer(&mut &top[..], &mut sink).unwrap();
+    alone.finish().unwrap();
+    let root = alone.children(ROOT).unwrap();
+    let etc = alone.children(root[&b"etc"[..]]).unwrap();
+    let motd = alone.node(etc[&b"motd"[..]]);
+    assert_eq!(
+        (motd.meta.kind, motd.meta.major, motd.meta.minor),
+        (crate::EntryType::Char, 0, 0)
+    );
+    let doc = alone.node(root[&b"doc"[..]]);
+    assert!(doc
+        .xattrs
+        .iter()
+        .any(|(k, v)| k == crate::OVERLAY_OPAQUE && v == b"y"));
+    // etc and usr/lib were made as parents: the listing leaves them out.
+    let implicit = alone.implicit_dirs();
+    assert!(implicit.contains(&b"etc".to_vec()) && implicit.contains(&b"usr/lib".to_vec()));
+
+    let mut want = MergedTree::new();
+    let mut s1 = Refs;
+    for l in [&base, &top] {
+        want.apply_layer(&mut &l[..], &mut s1).unwrap();
+    }
+    want.finish().unwrap();
+    let mut got = MergedTree::new();
+    let mut s2 = Refs;
+    got.apply_layer(&mut &base[..], &mut s2).unwrap();
+    got.apply_listing(alone.listing(), &mut s2).unwrap();
+    got.finish().unwrap();
+    let (mut a, mut b) = (merged_listing(&want), merged_listing(&got));
+    normalise_groups(&mut a);
+    normalise_groups(&mut b);
+    assert_eq!(a, b);
+    assert!(!b.contains_key("/etc/motd") && !b.contains_key("/doc/old"));
+    assert!(b.contains_key("/usr/lib/a") && b.contains_key("/usr/lib/c"));
+}
