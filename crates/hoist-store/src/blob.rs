@@ -88,6 +88,19 @@ impl BlobWriter {
     }
 }
 
+/// Both writers: the bytes to the temp file and the hash, counted.
+fn append(
+    file: &mut TempFile,
+    hasher: &mut Hasher,
+    written: &mut u64,
+    buf: &[u8],
+) -> io::Result<usize> {
+    file.file().write_all(buf)?;
+    hasher.update(buf);
+    *written += buf.len() as u64;
+    Ok(buf.len())
+}
+
 impl Write for BlobWriter {
     /// Refuses to go past the declared size: a server that sends more than it
     /// promised is cut off, never buffered.
@@ -101,10 +114,7 @@ impl Write for BlobWriter {
                 ),
             ));
         }
-        self.file.file().write_all(buf)?;
-        self.hasher.update(buf);
-        self.written += buf.len() as u64;
-        Ok(buf.len())
+        append(&mut self.file, &mut self.hasher, &mut self.written, buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.file().flush()
@@ -181,10 +191,7 @@ impl UploadWriter {
 
 impl Write for UploadWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.file().write_all(buf)?;
-        self.hasher.update(buf);
-        self.written += buf.len() as u64;
-        Ok(buf.len())
+        append(&mut self.file, &mut self.hasher, &mut self.written, buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.file().flush()

@@ -92,6 +92,23 @@ pub struct Inspection {
     pub metadata: hoist_spec::ImageMetadata,
 }
 
+impl Inspection {
+    fn of(source: String, digest: Digest, m: &ImageManifest, cfg: ImageConfig) -> Inspection {
+        Inspection {
+            source,
+            digest,
+            media_type: m.media_type.clone(),
+            platform: cfg.platform,
+            config: m.config.clone(),
+            layer_count: m.layers.len(),
+            layers_size: m.layers_size(),
+            layers: m.layers.clone(),
+            diff_ids: cfg.diff_ids,
+            metadata: cfg.metadata,
+        }
+    }
+}
+
 /// What `pull` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Pulled {
@@ -266,18 +283,7 @@ impl Client {
                 source,
             })?;
         let cfg = metadata::parse_config(&cfg_bytes, &what)?;
-        Ok(Some(Inspection {
-            source: what,
-            digest: digest.clone(),
-            media_type: m.media_type.clone(),
-            platform: cfg.platform.clone(),
-            config: m.config.clone(),
-            layer_count: m.layers.len(),
-            layers_size: m.layers_size(),
-            layers: m.layers.clone(),
-            diff_ids: cfg.diff_ids,
-            metadata: cfg.metadata,
-        }))
+        Ok(Some(Inspection::of(what, digest.clone(), &m, cfg)))
     }
 
     fn platform<'a>(&'a self, op: &'a Op) -> &'a Platform {
@@ -509,19 +515,7 @@ impl Client {
         let cfg = self.config(f.as_ref(), &r.manifest, &what, op)?;
         drop(lease);
         self.check_platform(&r, &cfg, &what, op)?;
-        let m = &r.manifest;
-        Ok(Inspection {
-            source: what,
-            digest: r.raw.digest.clone(),
-            media_type: m.media_type.clone(),
-            platform: cfg.platform.clone(),
-            config: m.config.clone(),
-            layer_count: m.layers.len(),
-            layers_size: m.layers_size(),
-            layers: m.layers.clone(),
-            diff_ids: cfg.diff_ids,
-            metadata: cfg.metadata,
-        })
+        Ok(Inspection::of(what, r.raw.digest.clone(), &r.manifest, cfg))
     }
 
     /// Wait for any other download of `d` in this process; `None` if it
