@@ -162,6 +162,12 @@ enum Command {
         /// Compress erofs file data (as `mkfs.erofs -zlz4`; Linux 5.13+ mounts it).
         #[arg(long, value_enum, value_name = "ALGO")]
         compress: Option<CompressArg>,
+        /// erofs: keep file data in one erofs file per layer in DIR, shared
+        /// by every image exported there; OUTPUT is a small META image
+        /// that names them as its devices (Linux 5.16+:
+        /// `mount -t erofs -o device=LAYER1,device=LAYER2… META`).
+        #[arg(long, value_name = "DIR")]
+        shared_layers: Option<PathBuf>,
     },
     /// List the images in the cache.
     Images,
@@ -177,6 +183,13 @@ enum Command {
         /// Only say what would be deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Collect this directory of layer files instead of the cache:
+        /// remove every layer file no `--keep` META image names.
+        #[arg(long, value_name = "DIR")]
+        shared_layers: Option<PathBuf>,
+        /// A META image whose layer files stay (with --shared-layers).
+        #[arg(long, value_name = "META", requires = "shared_layers")]
+        keep: Vec<PathBuf>,
     },
     /// Run the image service (hypeman's image API) in the foreground.
     Serve(ServeArgs),
@@ -472,7 +485,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             size,
             gzip,
             compress,
+            shared_layers,
         } => {
+            if shared_layers.is_some() && !matches!(format, FormatArg::Erofs) {
+                bail!(Usage("--shared-layers applies to --format erofs".into()));
+            }
             if *gzip && !matches!(format, FormatArg::Cpio) {
                 bail!(Usage("--gzip applies to --format cpio".into()));
             }
@@ -491,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     FormatArg::Cpio => hoist::Format::Cpio { gzip: *gzip },
                 },
                 size: *size,
+                shared_layers: shared_layers.clone(),
             };
             let e = client.export(&source(image)?, out, &opts, &op)?;
             output::exported(&e, g.json)
@@ -504,7 +522,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             output::removed(&client.remove(&srcs)?, g.json)
         }
-        Command::Gc { dry_run } => output::gc(&client.gc(*dry_run)?, g.json),
+        Command::Gc {
+            dry_run,
+            shared_layers: Some(dir),
+            keep,
+        } => {
+            let mut kept = std::collections::BTreeSet::new();
+            for m in keep {
+                kept.extend(
+                    hoist::meta_devices(m).with_context(|| format!("reading {}", m.display()))?,
+                );
+            }
+            let r = hoist::LayerDir::open(dir)?.gc(&kept, *dry_run)?;
+            output::layer_gc(&r, *dry_run, g.json)
+        }
+        Command::Gc { dry_run, .. } => output::gc(&client.gc(*dry_run)?, g.json),
         Command::Fsck { repair } => {
             let r = client.fsck(*repair)?;
             output::fsck(&r, g.json)?;

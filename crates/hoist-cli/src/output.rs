@@ -83,6 +83,38 @@ pub fn exported(e: &Exported, as_json: bool) -> anyhow::Result<()> {
         human_size(e.content_bytes)
     );
     metadata(&e.metadata);
+    if !e.devices.is_empty() {
+        println!("Devices:      (mount -t erofs -o ro,device=… in this order)");
+        for (i, d) in e.devices.iter().enumerate() {
+            println!(
+                "  {:>3}  {}  {}  {}{}",
+                i + 1,
+                d.path.display(),
+                d.diff_id,
+                human_size(d.bytes),
+                if d.reused { "  (reused)" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn layer_gc(r: &hoist::LayerGc, dry_run: bool, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(&serde_json::json!({
+            "dry_run": dry_run,
+            "kept": r.kept,
+            "removed": r.removed,
+            "bytes_removed": r.bytes_removed,
+        }));
+    }
+    let verb = if dry_run { "Would delete" } else { "Deleted" };
+    println!(
+        "{verb} {} layer files ({}); kept {}",
+        r.removed,
+        human_size(r.bytes_removed),
+        r.kept
+    );
     Ok(())
 }
 

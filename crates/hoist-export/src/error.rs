@@ -15,6 +15,8 @@ pub enum ExportError {
     Write(#[source] std::io::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Unpack(#[from] hoist_unpack::UnpackError),
     #[error("{0} changed while it was being exported")]
     Changed(String),
     #[error(

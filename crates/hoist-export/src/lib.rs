@@ -12,6 +12,7 @@ mod cpio;
 mod erofs_builder;
 mod error;
 mod ext4;
+mod shared;
 mod tree;
 
 pub use blocks::{BlockArea, BLOCK};
@@ -19,6 +20,7 @@ pub use cpio::{CpioBuilder, CpioStats};
 pub use erofs_builder::{Content as ErofsContent, ErofsBuilder, ErofsOptions, ErofsStats};
 pub use error::ExportError;
 pub use ext4::{Ext4Builder, Ext4Options, Ext4Stats, Run};
+pub use shared::{build_meta, meta_devices, LayerDir, LayerFile, LayerGc, LayerLock, Pending};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -33,6 +33,10 @@ pub(crate) trait PullEvents: Sync {
     }
     /// This layer blob is in the cache, verified.
     fn layer_ready(&self, _d: &Digest) {}
+    /// This layer blob is not needed: not fetched if missing.
+    fn skips(&self, _d: &Digest) -> bool {
+        false
+    }
 }
 
 /// Everything a [`Client`] is configured with. `Default` gives the CLI's
@@ -661,6 +665,9 @@ impl Client {
         events.resolved(m, &cfg)?;
         let mut fetched = 0;
         let mut bytes = 0;
+        // A layer skipped and missing leaves the image incomplete in the
+        // cache: then it is not recorded there.
+        let mut partial = false;
         if complete {
             for l in &m.layers {
                 events.layer_ready(&l.descriptor.digest);
@@ -675,6 +682,8 @@ impl Client {
                         size: d.size,
                     });
                     events.layer_ready(&d.digest);
+                } else if events.skips(&d.digest) {
+                    partial = true;
                 } else if !todo.iter().any(|t| t.digest == d.digest) {
                     todo.push(d);
                 }
@@ -682,18 +691,22 @@ impl Client {
             fetched = todo.len();
             bytes = todo.iter().map(|d| d.size).sum();
             self.fetch_all(f, &todo, &what, events, op)?;
-            for idx in &r.indexes {
-                self.store().write_blob(&idx.digest, &idx.bytes)?;
+            if !partial {
+                for idx in &r.indexes {
+                    self.store().write_blob(&idx.digest, &idx.bytes)?;
+                }
+                self.store().write_blob(&digest, &r.raw.bytes)?;
             }
-            self.store().write_blob(&digest, &r.raw.bytes)?;
         }
-        self.store().add_image(&NewImage {
-            digest: digest.clone(),
-            size: r.raw.bytes.len() as u64,
-            media_type: m.media_type.clone(),
-            platform: cfg.platform.clone(),
-            name: f.cache_name(),
-        })?;
+        if !partial {
+            self.store().add_image(&NewImage {
+                digest: digest.clone(),
+                size: r.raw.bytes.len() as u64,
+                media_type: m.media_type.clone(),
+                platform: cfg.platform.clone(),
+                name: f.cache_name(),
+            })?;
+        }
         op.emit(Event::Pulled { digest: &digest });
         let pulled = Pulled {
             source: what,

@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::op::Op;
 use crate::pipeline::{Apply, Streamed};
 use crate::progress::Event;
+use crate::shared::LayerDevice;
 use crate::source::ImageSource;
 
 #[derive(Debug, Clone)]
@@ -25,6 +26,9 @@ pub struct ExportOptions {
     pub format: Format,
     /// Fixed image size (ext4 only).
     pub size: Option<u64>,
+    /// erofs only: write a META image whose file data stay in one erofs
+    /// file per layer in this directory, shared between images.
+    pub shared_layers: Option<PathBuf>,
 }
 
 impl Default for ExportOptions {
@@ -32,6 +36,7 @@ impl Default for ExportOptions {
         ExportOptions {
             format: Format::Ext4,
             size: None,
+            shared_layers: None,
         }
     }
 }
@@ -42,6 +47,7 @@ struct Made {
     platform: Platform,
     content_bytes: u64,
     metadata: ImageMetadata,
+    devices: Vec<LayerDevice>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +62,9 @@ pub struct Exported {
     /// Bytes of regular-file content in the tree.
     pub content_bytes: u64,
     pub metadata: ImageMetadata,
+    /// With `shared_layers`: the META image's devices, lowest layer first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<LayerDevice>,
 }
 
 /// The export's consumer: the merged tree, and the writer its file
@@ -67,7 +76,12 @@ struct MergeApply<S: ContentSink> {
 }
 
 impl<S: ContentSink> Apply for MergeApply<S> {
-    fn layer(&mut self, stream: &mut dyn std::io::Read) -> Result<u64, Error> {
+    fn layer(
+        &mut self,
+        _index: usize,
+        _diff_id: &Digest,
+        stream: &mut dyn std::io::Read,
+    ) -> Result<u64, Error> {
         let stats = self
             .tree
             .apply_layer(&mut &mut *stream, &mut self.sink)
@@ -80,7 +94,7 @@ impl<S: ContentSink> Apply for MergeApply<S> {
 }
 
 /// UUID and directory hash seed from the digest: same image, same bytes.
-fn ids_of(d: &Digest) -> ([u8; 16], [u8; 16]) {
+pub(crate) fn ids_of(d: &Digest) -> ([u8; 16], [u8; 16]) {
     let h = d.hex().as_bytes();
     let byte = |i: usize| {
         let s = std::str::from_utf8(&h[2 * i..2 * i + 2]).unwrap_or("00");
@@ -114,6 +128,7 @@ fn made(pulled: Pulled, config: ImageConfig, content_bytes: u64) -> Made {
         platform: pulled.platform,
         content_bytes,
         metadata: config.metadata,
+        devices: Vec::new(),
     }
 }
 
@@ -174,10 +189,27 @@ impl Client {
             .ok_or_else(|| self.io_err(out, std::io::ErrorKind::InvalidInput.into()))?;
         // Locked for as long as this export runs; removed on any error.
         let temp = TempFile::create(tmp.clone()).map_err(|e| self.io_err(&tmp, e))?;
+        if opts.shared_layers.is_some() && !matches!(opts.format, Format::Erofs { .. }) {
+            return Err(Error::Target {
+                path: out.display().to_string(),
+                reason: "shared layers are erofs only (--format erofs)".into(),
+            });
+        }
         let made = match opts.format {
             Format::Ext4 => self.export_ext4(src, &tmp, opts, op),
             Format::Cpio { gzip } => self.export_cpio(src, out, &tmp, gzip, op),
-            Format::Erofs { lz4 } => self.export_erofs(src, &tmp, lz4, op),
+            Format::Erofs { lz4 } => match &opts.shared_layers {
+                Some(dir) => self
+                    .export_erofs_shared(src, &tmp, lz4, dir, op)
+                    .map(|m| Made {
+                        digest: m.pulled.digest,
+                        platform: m.pulled.platform,
+                        content_bytes: m.content_bytes,
+                        metadata: m.config.metadata,
+                        devices: m.devices,
+                    }),
+                None => self.export_erofs(src, &tmp, lz4, op),
+            },
         }
         .map_err(|e| as_write_error(out, e))?;
         temp.persist(out).map_err(|source| Error::Write {
@@ -202,6 +234,7 @@ impl Client {
             size,
             content_bytes: made.content_bytes,
             metadata: made.metadata,
+            devices: made.devices,
         })
     }
 
@@ -301,8 +334,15 @@ impl Client {
             src,
             op,
             || {
-                ErofsBuilder::create(tmp, ErofsOptions { lz4 }, Some(op.cancel.clone()))
-                    .map_err(exp)
+                ErofsBuilder::create(
+                    tmp,
+                    ErofsOptions {
+                        lz4,
+                        ..Default::default()
+                    },
+                    Some(op.cancel.clone()),
+                )
+                .map_err(exp)
             },
             |_, e| e,
         )?;

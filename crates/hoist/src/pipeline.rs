@@ -26,9 +26,28 @@ use crate::source::ImageSource;
 /// What the layers are applied to; made by `start` once the config has
 /// been validated.
 pub(crate) trait Apply {
-    /// Apply one layer's uncompressed tar stream; returns its entries.
-    fn layer(&mut self, stream: &mut dyn Read) -> Result<u64, Error>;
+    /// Apply layer `index` (its diff_id given) from its uncompressed tar
+    /// stream; returns its entries.
+    fn layer(
+        &mut self,
+        index: usize,
+        diff_id: &Digest,
+        stream: &mut dyn Read,
+    ) -> Result<u64, Error>;
+    /// Layer `index` was skipped: the pull's `skip` said its result is
+    /// already at hand, so it was neither downloaded nor inflated.
+    fn skipped(&mut self, _index: usize, _diff_id: &Digest) -> Result<(), Error> {
+        Ok(())
+    }
+    /// Layer `index`'s stream matched its digests: what was made of it
+    /// may now be trusted.
+    fn verified(&mut self, _index: usize) -> Result<(), Error> {
+        Ok(())
+    }
 }
+
+/// Which layers (by diff_id) need not be pulled nor streamed.
+pub(crate) type Skip<'a> = &'a (dyn Fn(&Digest) -> bool + Sync);
 
 /// A pipeline that ran to its end.
 pub(crate) struct Streamed<A> {
@@ -49,27 +68,44 @@ pub(crate) struct Failed<A> {
 struct PipeState {
     plan: Option<(ImageManifest, ImageConfig)>,
     ready: HashSet<Digest>,
+    /// Layer blobs the apply side does not need.
+    skipped: HashSet<Digest>,
     done: bool,
 }
 
 /// The pull's progress as the unpack sees it.
-struct Pipeline {
+struct Pipeline<'a> {
     what: String,
+    skip: Skip<'a>,
     state: Mutex<PipeState>,
     cv: Condvar,
 }
 
-impl PullEvents for Pipeline {
+impl PullEvents for Pipeline<'_> {
     /// Validation before any file is written (the Go original's
     /// `validateConfigFileForUnpack`); an error stops the pull.
     fn resolved(&self, m: &ImageManifest, cfg: &ImageConfig) -> Result<(), Error> {
         cfg.validate_for_unpack(m.layers.len(), &self.what)?;
+        let skipped = m
+            .layers
+            .iter()
+            .zip(&cfg.diff_ids)
+            .filter(|(_, d)| (self.skip)(d))
+            .map(|(l, _)| l.descriptor.digest.clone())
+            .collect();
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.plan = Some((m.clone(), cfg.clone()));
+        st.skipped = skipped;
+        drop(st);
+        self.cv.notify_all();
+        Ok(())
+    }
+    fn skips(&self, d: &Digest) -> bool {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .plan = Some((m.clone(), cfg.clone()));
-        self.cv.notify_all();
-        Ok(())
+            .skipped
+            .contains(d)
     }
     fn layer_ready(&self, d: &Digest) {
         self.state
@@ -81,7 +117,7 @@ impl PullEvents for Pipeline {
     }
 }
 
-impl Pipeline {
+impl Pipeline<'_> {
     fn is_ready(&self, d: &Digest) -> bool {
         self.state
             .lock()
@@ -289,7 +325,7 @@ impl Client {
     /// the pull ended first (its error is the one to report).
     fn stream_layers<A: Apply>(
         &self,
-        pipe: &Pipeline,
+        pipe: &Pipeline<'_>,
         verify_blobs: bool,
         what: &str,
         start: impl FnOnce() -> Result<A, Error>,
@@ -314,6 +350,15 @@ impl Client {
         let mut ahead: Option<Opened> = None;
         for (index, (layer, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
             let d = &layer.descriptor;
+            if pipe.skips(&d.digest) {
+                apply.skipped(index, diff_id)?;
+                op.emit(Event::LayerApplied {
+                    index,
+                    count,
+                    entries: 0,
+                });
+                continue;
+            }
             if pipe
                 .wait(|st| st.ready.contains(&d.digest).then_some(()))
                 .is_none()
@@ -327,7 +372,10 @@ impl Client {
             if let Some((next, next_diff)) =
                 manifest.layers.get(index + 1).zip(diff_ids.get(index + 1))
             {
-                if ablation().split && pipe.is_ready(&next.descriptor.digest) {
+                if ablation().split
+                    && pipe.is_ready(&next.descriptor.digest)
+                    && !pipe.skips(&next.descriptor.digest)
+                {
                     let gate = opened.stream.inflated();
                     ahead = Some(self.open_layer(
                         index + 1,
@@ -362,7 +410,7 @@ impl Client {
                 what,
                 exceeded: &exceeded,
             };
-            let applied = apply.layer(&mut budget);
+            let applied = apply.layer(index, diff_id, &mut budget);
             if let Some((kind, limit, actual)) = exceeded.get() {
                 return Err(Error::Limit {
                     image: what.to_string(),
@@ -415,6 +463,7 @@ impl Client {
                 }
                 _ => {}
             }
+            apply.verified(index)?;
         }
         Ok(Some(entries))
     }
@@ -433,8 +482,22 @@ impl Client {
         start: impl FnOnce() -> Result<A, Error>,
         op: &Op,
     ) -> Result<Streamed<A>, Failed<A>> {
+        self.pull_and_stream_skipping(src, verify_blobs, &|_| false, start, op)
+    }
+
+    /// `pull_and_stream`, where the layers `skip` names are neither
+    /// downloaded (unless cached) nor streamed: the applier is told.
+    pub(crate) fn pull_and_stream_skipping<A: Apply>(
+        &self,
+        src: &ImageSource,
+        verify_blobs: bool,
+        skip: Skip<'_>,
+        start: impl FnOnce() -> Result<A, Error>,
+        op: &Op,
+    ) -> Result<Streamed<A>, Failed<A>> {
         let what = src.to_string();
         let pipe = Pipeline {
+            skip,
             what: what.clone(),
             state: Mutex::new(PipeState::default()),
             cv: Condvar::new(),

@@ -57,7 +57,12 @@ struct TreeApply {
 }
 
 impl Apply for TreeApply {
-    fn layer(&mut self, stream: &mut dyn Read) -> Result<u64, Error> {
+    fn layer(
+        &mut self,
+        _index: usize,
+        _diff_id: &Digest,
+        stream: &mut dyn Read,
+    ) -> Result<u64, Error> {
         Ok(self
             .unpacker
             .apply_layer(&mut &mut *stream)

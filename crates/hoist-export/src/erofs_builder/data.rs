@@ -44,18 +44,18 @@ pub(super) const LZ4_MAX_PCLUSTER_BLOCKS: u16 = CHUNK_BLOCKS as u16;
 
 /// One 128 KiB chunk of a file: its block relative to the file's run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Piece {
+pub(crate) enum Piece {
     Hole,
     Plain(u32),
     Lz4 { at: u32, blocks: u32 },
 }
 
 /// How a file's chunks are laid out, when not as one plain run.
-#[derive(Debug, Clone)]
-pub(super) struct FileMap {
-    pub(super) pieces: Vec<Piece>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileMap {
+    pub(crate) pieces: Vec<Piece>,
     /// Compressed (lz4 pieces, no holes) rather than chunk-based.
-    pub(super) lz4: bool,
+    pub(crate) lz4: bool,
 }
 
 fn chunk_len(size: u64, i: usize) -> usize {

@@ -15,6 +15,10 @@ pub const FEATURE_INCOMPAT_ZERO_PADDING: u32 = 1;
 /// Also `BIG_PCLUSTER`: one bit for both.
 pub const FEATURE_INCOMPAT_COMPR_CFGS: u32 = 2;
 pub const FEATURE_INCOMPAT_CHUNKED_FILE: u32 = 4;
+pub const FEATURE_INCOMPAT_DEVICE_TABLE: u32 = 8;
+/// A chunk-based file's `i_u`: 8-byte chunk indexes (with a device id)
+/// rather than a 4-byte block map; the low 5 bits are the chunk bits.
+pub const CHUNK_FORMAT_INDEXES: u32 = 0x20;
 
 /// `i_format` data layouts (bits 1..3).
 pub const FLAT_PLAIN: u16 = 0;

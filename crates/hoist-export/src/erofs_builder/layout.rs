@@ -7,11 +7,14 @@ use std::os::unix::fs::FileExt;
 
 use hoist_unpack::{Body, EntryType, MergedTree, NodeId};
 
-use super::format::{CHUNK_BASED, COMPRESSED_FULL, FLAT_INLINE, FLAT_PLAIN};
-use super::{data, werr, xattr, Content, ErofsBuilder, DIRENT};
+use super::format::{
+    ChunkIndex, CHUNK_BASED, CHUNK_FORMAT_INDEXES, COMPRESSED_FULL, FLAT_INLINE, FLAT_PLAIN,
+};
+use super::{data, werr, xattr, Content, ErofsBuilder, Placement, DIRENT};
 use crate::blocks::{Run, BLOCK};
 use crate::error::ExportError;
 use crate::tree::Walk;
+use zerocopy::IntoBytes;
 
 /// One inode as it will be written.
 pub(super) struct Rec {
@@ -30,6 +33,12 @@ pub(super) struct Rec {
     /// A chunk-based or compressed file's map.
     pub(super) map: Option<u32>,
     pub(super) nid: u64,
+    /// A META image's file on a layer file: the device (1-based), and the
+    /// blocks its data takes there (`blocks` is 0: none are this image's).
+    pub(super) dev: u16,
+    pub(super) dev_blocks: u64,
+    /// A chunk-based file's chunk format, when not the builder's own.
+    pub(super) chunk_format: Option<u32>,
 }
 
 pub(super) enum InlineSrc {
@@ -127,21 +136,27 @@ pub(super) fn plan<'t>(
         let xattrs = xattr::body(&|| walk.path(id), &n.xattrs, shared)?;
         let mut blocks = 0;
         let mut map = None;
+        let (mut dev, mut dev_blocks) = (0, 0);
         let (size, layout, inline, blkaddr, nlink) = match &n.body {
             Body::File { size, content } => {
-                let c = content.unwrap_or(Content {
-                    run: Run { start: 0, len: 0 },
-                    tail: None,
-                    map: None,
-                });
+                let c = content.unwrap_or(Content::new(Run { start: 0, len: 0 }, None, None));
                 map = c.map;
                 let (layout, inline) = match (c.tail, c.map) {
+                    _ if c.dev != 0 => {
+                        dev = c.dev;
+                        dev_blocks = c.run.len;
+                        let lz4 = c.map.is_some_and(|m| maps[m as usize].lz4);
+                        (
+                            if lz4 { COMPRESSED_FULL } else { CHUNK_BASED },
+                            InlineSrc::None,
+                        )
+                    }
                     (_, Some(m)) if maps[m as usize].lz4 => (COMPRESSED_FULL, InlineSrc::None),
                     (_, Some(_)) => (CHUNK_BASED, InlineSrc::None),
                     (Some((off, len)), None) => (FLAT_INLINE, InlineSrc::Spool(off, len)),
                     (None, None) => (FLAT_PLAIN, InlineSrc::None),
                 };
-                blocks = c.run.len;
+                blocks = if c.dev == 0 { c.run.len } else { 0 };
                 (*size, layout, inline, c.run.start as u32, n.links)
             }
             Body::Symlink(t) => (
@@ -184,6 +199,9 @@ pub(super) fn plan<'t>(
             blocks,
             map,
             nid: 0,
+            dev,
+            dev_blocks,
+            chunk_format: None,
         });
     }
     Ok(Plan {
@@ -259,6 +277,10 @@ impl ErofsBuilder {
     /// Chunk maps and lcluster indexes, once files stay put.
     pub(super) fn index_maps(&self, recs: &mut [Rec]) {
         for r in recs.iter_mut() {
+            if r.dev != 0 {
+                self.index_device_file(r);
+                continue;
+            }
             if let Some(m) = r.map {
                 let idx = self.maps[m as usize].index(r.head_len(), u64::from(r.blkaddr), r.size);
                 r.inline = InlineSrc::Bytes(idx);
@@ -322,8 +344,8 @@ impl ErofsBuilder {
             .filter(|r| r.blocks > 0)
             .map(|r| u64::from(r.blkaddr) + r.blocks)
             .max()
-            .unwrap_or(1)
-            .max(1);
+            .unwrap_or(self.first_block)
+            .max(self.first_block);
         let holes: Vec<(u64, u64)> = self.area.holes.iter().copied().collect();
         self.area.holes.clear();
         for (l, s) in holes {
@@ -332,6 +354,95 @@ impl ErofsBuilder {
             }
         }
         self.area.next = end;
+        Ok(())
+    }
+}
+
+impl ErofsBuilder {
+    /// A META image's file on a layer file: 8-byte chunk indexes that name
+    /// the device (one chunk for a plain run, one per 128 KiB for a
+    /// sparse one); a compressed file's lcluster indexes in the unified
+    /// address space the device table's `uniaddr` maps onto the devices
+    /// (they have no device field).
+    fn index_device_file(&self, r: &mut Rec) {
+        let head = r.head_len();
+        let map = r.map.map(|m| &self.maps[m as usize]);
+        if let Some(m) = map.filter(|m| m.lz4) {
+            let base = self.uniaddr(r.dev) + u64::from(r.blkaddr);
+            r.inline = InlineSrc::Bytes(m.index(head, base, r.size));
+            return;
+        }
+        let mut b = vec![0u8; head.next_multiple_of(8) - head];
+        let mut put = |blk: Option<u64>| {
+            let (lo, dev) = match blk {
+                Some(a) => (a as u32, r.dev),
+                None => (u32::MAX, 0),
+            };
+            let i = ChunkIndex {
+                startblk_hi: 0.into(),
+                device_id: dev.into(),
+                startblk_lo: lo.into(),
+            };
+            b.extend_from_slice(i.as_bytes());
+        };
+        let base = u64::from(r.blkaddr);
+        let bits = match map {
+            Some(m) => {
+                for p in &m.pieces {
+                    put(match p {
+                        data::Piece::Plain(at) => Some(base + u64::from(*at)),
+                        _ => None,
+                    });
+                }
+                u32::from(data::CHUNK_BITS)
+            }
+            None => {
+                // One chunk as large as the file's run.
+                put(Some(base));
+                r.dev_blocks.max(1).next_power_of_two().trailing_zeros()
+            }
+        };
+        r.chunk_format = Some(CHUNK_FORMAT_INDEXES | bits);
+        r.inline = InlineSrc::Bytes(b);
+    }
+
+    /// Where a layer file's content ended up, once the layout is final.
+    pub(super) fn placements(
+        &self,
+        tree: &MergedTree<Content>,
+        plan: &Plan<'_>,
+        out: &mut [Option<Placement>],
+    ) -> Result<(), ExportError> {
+        for r in &plan.recs {
+            let Body::File {
+                content: Some(c), ..
+            } = &tree.node(r.id).body
+            else {
+                continue;
+            };
+            let p = match (&r.inline, r.layout) {
+                (InlineSrc::Spool(off, len), FLAT_INLINE) if r.blocks == 0 => {
+                    let mut t = vec![0u8; *len as usize];
+                    self.spool.read_exact_at(&mut t, *off).map_err(werr)?;
+                    Placement::Inline(t)
+                }
+                (InlineSrc::None, _) if r.size == 0 => Placement::Inline(Vec::new()),
+                (_, FLAT_PLAIN | CHUNK_BASED | COMPRESSED_FULL) => Placement::Blocks {
+                    blkaddr: r.blkaddr,
+                    blocks: r.blocks as u32,
+                    map: r.map.map(|m| self.maps[m as usize].clone()),
+                },
+                _ => {
+                    return Err(ExportError::Unsupported(format!(
+                        "{}: a layer file's data is neither inline nor whole blocks",
+                        Walk::new(tree).path(r.id)
+                    )))
+                }
+            };
+            if let Some(slot) = out.get_mut(c.seq as usize) {
+                *slot = Some(p);
+            }
+        }
         Ok(())
     }
 }

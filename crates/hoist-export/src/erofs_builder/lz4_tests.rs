@@ -87,7 +87,10 @@ fn check_files(root: &Path, holes: bool) {
 fn lz4_images_hold_every_kind_of_chunk_and_read_back_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("z.erofs");
-    let lz4 = ErofsOptions { lz4: true };
+    let lz4 = ErofsOptions {
+        lz4: true,
+        ..Default::default()
+    };
     let st = build_with(&img, &[layer()], lz4).unwrap();
     // small, exact, text, mixed, fewzeros; not tiny or random; sparse is
     // chunk-based.
@@ -132,7 +135,15 @@ fn lz4_images_hold_every_kind_of_chunk_and_read_back_exactly() {
 fn lz4_sample_image_reads_back_through_the_kernel() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("s.erofs");
-    let st = build_with(&img, &sample(), ErofsOptions { lz4: true }).unwrap();
+    let st = build_with(
+        &img,
+        &sample(),
+        ErofsOptions {
+            lz4: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(st.compressed_files > 0, "{st:?}");
     if !fsck(&img) {
         return;
@@ -150,6 +161,14 @@ fn random_layer_stacks_give_lz4_images_fsck_erofs_accepts() {
         owners: &[(0, 0), (70_000, 5)],
     };
     random_images_pass_fsck_and_match_the_kernel(&stacks, tmp.path(), |img, layers| {
-        build_with(img, layers, ErofsOptions { lz4: true }).map(drop)
+        build_with(
+            img,
+            layers,
+            ErofsOptions {
+                lz4: true,
+                ..Default::default()
+            },
+        )
+        .map(drop)
     });
 }

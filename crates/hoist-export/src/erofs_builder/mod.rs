@@ -40,6 +40,23 @@ pub struct Content {
     tail: Option<(u64, u32)>,
     /// The file's chunk map in the builder, when not one plain run.
     map: Option<u32>,
+    /// Which `store` made it: a layer file's placements are by this.
+    seq: u32,
+    /// The device holding `run` (a layer file of a META image), 0 for
+    /// this image's own blocks.
+    dev: u16,
+}
+
+impl Content {
+    fn new(run: Run, tail: Option<(u64, u32)>, map: Option<u32>) -> Content {
+        Content {
+            run,
+            tail,
+            map,
+            seq: 0,
+            dev: 0,
+        }
+    }
 }
 
 /// How an erofs image is written.
@@ -47,6 +64,10 @@ pub struct Content {
 pub struct ErofsOptions {
     /// Compress file data with lz4 (Linux 5.13+ reads it: big pclusters).
     pub lz4: bool,
+    /// A layer file of a layer-shared disk: only whole small files go
+    /// inline, every other file is whole blocks of its own, so that a
+    /// META image can point its chunk indexes at them.
+    pub layer: bool,
 }
 
 pub struct ErofsBuilder {
@@ -59,6 +80,32 @@ pub struct ErofsBuilder {
     done: bool,
     /// lz4 chunks are compressed on this thread (with `--compress lz4`).
     lz4: Option<data::Lz4Worker>,
+    next_seq: u32,
+    /// The data area's first block (after the device table, if any).
+    first_block: u64,
+    /// A META image's extra devices (the layer files), in device order.
+    devices: Vec<Device>,
+}
+
+/// Where a layer file put a file's data, as a META image points at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// A small file, inline after its inode (its bytes, from the record).
+    Inline(Vec<u8>),
+    /// Whole blocks from `blkaddr`; `map` when chunked or compressed.
+    Blocks {
+        blkaddr: u32,
+        blocks: u32,
+        map: Option<data::FileMap>,
+    },
+}
+
+/// One extra device of a META image: a layer file.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// The device table's tag: the layer's diff_id as 64 hex characters.
+    pub tag: [u8; 64],
+    pub blocks: u32,
 }
 
 impl Drop for ErofsBuilder {
@@ -115,7 +162,80 @@ impl ErofsBuilder {
             opts,
             path: out.to_path_buf(),
             done: false,
+            next_seq: 0,
+            first_block: 1,
+            devices: Vec::new(),
         })
+    }
+
+    /// Start a META image: a device table naming `devices` at block 1,
+    /// the image's own blocks after it. Its files' data are adopted
+    /// ([`ErofsBuilder::adopt`]) from the devices, or inlined.
+    pub fn create_meta(
+        out: &Path,
+        opts: ErofsOptions,
+        cancel: Option<hoist_spec::Cancel>,
+        devices: Vec<Device>,
+    ) -> Result<ErofsBuilder, ExportError> {
+        if devices.len() > usize::from(u16::MAX) - 1 {
+            return Err(ExportError::Unsupported(format!(
+                "{} layers: an erofs device table holds at most 65534",
+                devices.len()
+            )));
+        }
+        let total: u64 = devices.iter().map(|d| u64::from(d.blocks)).sum();
+        if write::UNI_BASE + total > u64::from(u32::MAX) {
+            return Err(ExportError::Unsupported(
+                "the layer files are larger than erofs can address together (12 TiB)".into(),
+            ));
+        }
+        let mut b = Self::create(out, opts, cancel)?;
+        let first = 1 + write::device_table_blocks(devices.len());
+        b.area.next = first;
+        b.area.buf_start = first;
+        b.first_block = first;
+        b.devices = devices;
+        Ok(b)
+    }
+
+    /// A file whose data is already on device `dev` (1-based) as a layer
+    /// file placed it: a META image's chunk indexes point there, and a
+    /// small file's bytes go inline.
+    pub(crate) fn adopt(&mut self, size: u64, p: &Placement, dev: u16) -> io::Result<Content> {
+        let mut c = match p {
+            Placement::Inline(bytes) => {
+                if bytes.len() as u64 != size {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a layer record's inline file has the wrong size",
+                    ));
+                }
+                self.store_flat(size, &mut &bytes[..])?
+            }
+            Placement::Blocks {
+                blkaddr,
+                blocks,
+                map,
+            } => {
+                let map = map.as_ref().map(|m| {
+                    self.maps.push(m.clone());
+                    self.maps.len() as u32 - 1
+                });
+                let mut c = Content::new(
+                    Run {
+                        start: u64::from(*blkaddr),
+                        len: u64::from(*blocks),
+                    },
+                    None,
+                    map,
+                );
+                c.dev = dev;
+                c
+            }
+        };
+        c.seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(c)
     }
 
     /// Lay out the inodes, directories and superblock of the finished
@@ -126,15 +246,34 @@ impl ErofsBuilder {
         tree: &MergedTree<Content>,
         uuid: [u8; 16],
     ) -> Result<ErofsStats, ExportError> {
-        let r = self.finish_inner(tree, uuid);
+        let r = self.finish_inner(tree, uuid, None);
         self.done = r.is_ok();
         r
+    }
+
+    /// Finish a layer file (`ErofsOptions::layer`): also where each stored
+    /// content ended up, by the order `store` made them.
+    pub(crate) fn finish_layer(
+        mut self,
+        tree: &MergedTree<Content>,
+        uuid: [u8; 16],
+    ) -> Result<(ErofsStats, Vec<Option<Placement>>), ExportError> {
+        let mut out = vec![None; self.next_seq as usize];
+        let r = self.finish_inner(tree, uuid, Some(&mut out));
+        self.done = r.is_ok();
+        Ok((r?, out))
+    }
+
+    /// The seq of `c`, for reading a layer file's placements.
+    pub(crate) fn seq(c: &Content) -> usize {
+        c.seq as usize
     }
 
     fn finish_inner(
         &mut self,
         tree: &MergedTree<Content>,
         uuid: [u8; 16],
+        placements: Option<&mut Vec<Option<Placement>>>,
     ) -> Result<ErofsStats, ExportError> {
         // Lay out: a record per inode, file data settled, nids.
         let walk = Walk::new(tree);
@@ -162,6 +301,9 @@ impl ErofsBuilder {
             uuid,
         };
         self.write_superblock(&plan, &totals)?;
+        if let Some(out) = placements {
+            self.placements(tree, &plan, out)?;
+        }
         let recs = &plan.recs;
         let count = |layout| recs.iter().filter(|r| r.layout == layout).count() as u64;
         Ok(ErofsStats {
@@ -178,6 +320,22 @@ impl ContentSink for ErofsBuilder {
     type Handle = Content;
 
     fn store(&mut self, size: u64, r: &mut dyn Read) -> io::Result<Content> {
+        let mut c = self.store_any(size, r)?;
+        c.seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(c)
+    }
+
+    fn release(&mut self, h: Content) {
+        // A device's blocks are not this image's to reuse.
+        if h.dev == 0 {
+            self.area.release(h.run);
+        }
+    }
+}
+
+impl ErofsBuilder {
+    fn store_any(&mut self, size: u64, r: &mut dyn Read) -> io::Result<Content> {
         if self.opts.lz4 && size > BLOCK && size <= data::CHUNK {
             let mut all = vec![0u8; size as usize];
             r.read_exact(&mut all)?;
@@ -189,18 +347,10 @@ impl ContentSink for ErofsBuilder {
         if size >= data::HOLE_MIN || (self.opts.lz4 && size > data::CHUNK) {
             return Ok(
                 match data::store(&mut self.area, size, r, self.opts.lz4, self.lz4.as_ref())? {
-                    data::Stored::Flat(run) => Content {
-                        run,
-                        tail: None,
-                        map: None,
-                    },
+                    data::Stored::Flat(run) => Content::new(run, None, None),
                     data::Stored::Mapped(run, m) => {
                         self.maps.push(m);
-                        Content {
-                            run,
-                            tail: None,
-                            map: Some(self.maps.len() as u32 - 1),
-                        }
+                        Content::new(run, None, Some(self.maps.len() as u32 - 1))
                     }
                 },
             );
@@ -208,12 +358,6 @@ impl ContentSink for ErofsBuilder {
         self.store_flat(size, r)
     }
 
-    fn release(&mut self, h: Content) {
-        self.area.release(h.run);
-    }
-}
-
-impl ErofsBuilder {
     /// A file of one chunk or less, compressed if that saves a block over
     /// the plain layout with its tail inline.
     fn store_small_lz4(&mut self, all: &[u8]) -> io::Result<Option<Content>> {
@@ -235,17 +379,20 @@ impl ErofsBuilder {
             }],
             lz4: true,
         });
-        Ok(Some(Content {
-            run: Run { start, len: blocks },
-            tail: None,
-            map: Some(self.maps.len() as u32 - 1),
-        }))
+        Ok(Some(Content::new(
+            Run { start, len: blocks },
+            None,
+            Some(self.maps.len() as u32 - 1),
+        )))
     }
 
     /// A plain run, its tail spooled for inlining when short enough.
     fn store_flat(&mut self, size: u64, r: &mut dyn Read) -> io::Result<Content> {
         let tail_len = size % BLOCK;
-        let inline = tail_len > 0 && tail_len <= INLINE_MAX;
+        // A layer file keeps a file's blocks whole and contiguous (a META
+        // image's chunk index cannot point at a tail beside an inode).
+        let whole = self.opts.layer && size > INLINE_MAX;
+        let inline = tail_len > 0 && tail_len <= INLINE_MAX && !whole;
         let blocks = size / BLOCK + u64::from(tail_len > 0 && !inline);
         let in_area = if inline { size - tail_len } else { size };
         let run = if blocks > 0 {
@@ -266,15 +413,11 @@ impl ErofsBuilder {
         } else {
             None
         };
-        Ok(Content {
-            run,
-            tail,
-            map: None,
-        })
+        Ok(Content::new(run, tail, None))
     }
 }
 
-mod data;
+pub(crate) mod data;
 mod format;
 mod layout;
 #[cfg(test)]
@@ -282,6 +425,7 @@ mod lz4_tests;
 #[cfg(test)]
 mod tests;
 mod write;
+pub(crate) use write::crc32c;
 mod xattr;
 #[cfg(test)]
 mod xattr_tests;

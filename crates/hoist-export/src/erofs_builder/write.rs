@@ -8,9 +8,10 @@ use hoist_unpack::{EntryType, MergedTree};
 use zerocopy::IntoBytes;
 
 use super::format::{
-    Dirent, InodeCompact, InodeExtended, Lz4Cfgs, SuperBlock, CHUNK_BASED, COMPRESSED_FULL,
-    FEATURE_COMPAT_SB_CHKSUM, FEATURE_INCOMPAT_CHUNKED_FILE, FEATURE_INCOMPAT_COMPR_CFGS,
-    FEATURE_INCOMPAT_ZERO_PADDING, FLAT_PLAIN, MAGIC, SB_OFFSET,
+    DeviceSlot, Dirent, InodeCompact, InodeExtended, Lz4Cfgs, SuperBlock, CHUNK_BASED,
+    COMPRESSED_FULL, FEATURE_COMPAT_SB_CHKSUM, FEATURE_INCOMPAT_CHUNKED_FILE,
+    FEATURE_INCOMPAT_COMPR_CFGS, FEATURE_INCOMPAT_DEVICE_TABLE, FEATURE_INCOMPAT_ZERO_PADDING,
+    FLAT_PLAIN, MAGIC, SB_OFFSET,
 };
 use super::layout::{file_type, InlineSrc, Plan, Rec};
 use super::{data, werr, Content, ErofsBuilder, DIRENT};
@@ -20,7 +21,7 @@ use crate::tree::type_bits;
 
 /// crc32c as the kernel computes the superblock checksum: seed !0, no
 /// final inversion. Hand-written: 12 lines, run once per image.
-pub(super) fn crc32c(data: &[u8]) -> u32 {
+pub(crate) fn crc32c(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
         crc ^= u32::from(b);
@@ -63,6 +64,46 @@ fn dir_blocks<N: AsRef<[u8]>>(entries: &[(N, u64, u8)]) -> Vec<Vec<u8>> {
         i = j;
     }
     blocks
+}
+
+/// Where the devices' blocks start in the unified address space that a
+/// compressed file's lcluster indexes use (they name no device): past any
+/// block a META image could have of its own.
+pub(super) const UNI_BASE: u64 = 1 << 30;
+
+/// Blocks the device table takes (it starts at block 1).
+pub(super) fn device_table_blocks(devices: usize) -> u64 {
+    (devices as u64 * size_of::<DeviceSlot>() as u64).div_ceil(BLOCK)
+}
+
+impl ErofsBuilder {
+    /// Device `dev`'s (1-based) first block in the unified address space.
+    pub(super) fn uniaddr(&self, dev: u16) -> u64 {
+        UNI_BASE
+            + self.devices[..usize::from(dev) - 1]
+                .iter()
+                .map(|d| u64::from(d.blocks))
+                .sum::<u64>()
+    }
+
+    /// The device table at block 1, one slot per layer file.
+    fn write_device_table(&self) -> Result<(), ExportError> {
+        let mut b = Vec::with_capacity(self.devices.len() * size_of::<DeviceSlot>());
+        for (i, d) in self.devices.iter().enumerate() {
+            let uni = self.uniaddr(i as u16 + 1);
+            let slot = DeviceSlot {
+                tag: d.tag,
+                blocks_lo: d.blocks.into(),
+                uniaddr_lo: (uni as u32).into(),
+                blocks_hi: 0.into(),
+                uniaddr_hi: 0.into(),
+                reserved: [0; 52],
+            };
+            b.extend_from_slice(slot.as_bytes());
+        }
+        b.resize(b.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+        self.area.file.write_all_at(&b, BLOCK).map_err(werr)
+    }
 }
 
 /// What the superblock records that the layout decided.
@@ -174,6 +215,10 @@ impl ErofsBuilder {
         if chunked {
             incompat |= FEATURE_INCOMPAT_CHUNKED_FILE;
         }
+        if !self.devices.is_empty() {
+            incompat |= FEATURE_INCOMPAT_DEVICE_TABLE;
+            self.write_device_table()?;
+        }
         let sb = SuperBlock {
             magic: MAGIC.into(),
             feature_compat: FEATURE_COMPAT_SB_CHKSUM.into(),
@@ -188,6 +233,12 @@ impl ErofsBuilder {
             feature_incompat: incompat.into(),
             // available_compr_algs: lz4.
             u1: u16::from(lz4).into(),
+            extra_devices: (self.devices.len() as u16).into(),
+            devt_slotoff: if self.devices.is_empty() {
+                0.into()
+            } else {
+                ((BLOCK as usize / size_of::<DeviceSlot>()) as u16).into()
+            },
             ..Default::default()
         };
         let mut block = vec![0u8; BLOCK as usize];
@@ -230,8 +281,8 @@ fn inode(tree: &MergedTree<Content>, r: &Rec, ino: u32, b: &mut Vec<u8>) {
         (EntryType::Char | EntryType::Block, _) => {
             (m.minor & 0xff) | (m.major << 8) | ((m.minor & !0xff) << 12)
         }
-        (_, CHUNK_BASED) => u32::from(data::CHUNK_BITS),
-        (_, COMPRESSED_FULL) => r.blocks as u32,
+        (_, CHUNK_BASED) => r.chunk_format.unwrap_or(u32::from(data::CHUNK_BITS)),
+        (_, COMPRESSED_FULL) => (r.blocks + r.dev_blocks) as u32,
         _ => r.blkaddr,
     };
     if r.extended {
