@@ -423,7 +423,7 @@ mod layout;
 #[cfg(test)]
 mod lz4_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod write;
 pub(crate) use write::crc32c;
 mod xattr;

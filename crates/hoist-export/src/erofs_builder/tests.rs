@@ -227,13 +227,23 @@ pub(super) fn random_images_pass_fsck_and_match_the_kernel(
 
 /// One line per path: type, permission bits, owner, size, content hash or
 /// link target, and the link count of files.
-fn listing(root: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+pub(crate) fn listing(root: &Path) -> Vec<String> {
+    listing_of(root, false)
+}
+
+/// [`listing`], leaving out names that readdir gives and lookup does not
+/// find (with `vanished`: overlayfs lists the whiteouts of a directory
+/// that only one lower layer has, and hides them from lookup).
+pub(crate) fn listing_of(root: &Path, vanished: bool) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>, vanished: bool) {
         let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
         names.sort_by_key(|e| e.file_name());
         for e in names {
             let p = e.path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
+            let m = match std::fs::symlink_metadata(&p) {
+                Err(e) if vanished && e.kind() == std::io::ErrorKind::NotFound => continue,
+                m => m.unwrap(),
+            };
             let rel = p.strip_prefix(root).unwrap().display().to_string();
             let t = m.file_type();
             let what = if t.is_symlink() {
@@ -254,12 +264,12 @@ fn listing(root: &Path) -> Vec<String> {
                 m.gid()
             ));
             if t.is_dir() {
-                walk(root, &p, out);
+                walk(root, &p, out, vanished);
             }
         }
     }
     let mut out = Vec::new();
-    walk(root, root, &mut out);
+    walk(root, root, &mut out, vanished);
     out
 }
 

@@ -521,3 +521,6 @@ pub fn meta_devices(meta: &Path) -> Result<Vec<String>, ExportError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
