@@ -17,4 +17,5 @@ mod push;
 mod robustness;
 mod serve;
 mod serve_hardening;
+mod shared;
 mod unpack;
