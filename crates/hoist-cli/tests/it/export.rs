@@ -486,7 +486,7 @@ fn ready_to_boot(kernel: Option<PathBuf>, why: &str) -> Option<PathBuf> {
 /// minutes at most) and return what the serial console said. Every boot
 /// passes `no_timer_check`: under TCG on a loaded machine the guest's
 /// timer check can fail ("IO-APIC + timer doesn't work") and panic it.
-fn qemu_console(kernel: &Path, initrd: &Path, extra: &[String], append: &str) -> String {
+pub(crate) fn qemu_console(kernel: &Path, initrd: &Path, extra: &[String], append: &str) -> String {
     let append = format!("{append} no_timer_check");
     let out = Command::new("timeout")
         .args([
@@ -509,7 +509,7 @@ fn qemu_console(kernel: &Path, initrd: &Path, extra: &[String], append: &str) ->
 }
 
 /// The image's own `/init.sh` ran and saw what the tar headers say.
-fn assert_booted(console: &str, what: &str) {
+pub(crate) fn assert_booted(console: &str, what: &str) {
     let line = console
         .lines()
         .find(|l| l.contains("HOIST-BOOT-OK"))
@@ -575,6 +575,33 @@ const BOOT_MODULES: &[&str] = &[
 /// image's own `/init.sh`, whose output is read on the serial console.
 #[test]
 fn ext4_and_erofs_disks_boot_under_qemu_as_the_lower_layer_of_an_overlay() {
+    let base = base_dir();
+    let Some((kernel, initrd)) = boot_initrd(base.path()) else {
+        return;
+    };
+    let (r, _) = image(base.path());
+    // The lz4 image too: the guest kernel (Debian's 6.1) decompresses it.
+    for fmt in ["ext4", "erofs", "erofs-lz4"] {
+        let disk = export(&r, base.path(), fmt, &format!("boot.{fmt}"), true);
+        let fs = fmt.trim_end_matches("-lz4");
+        let drive = format!("file={},format=raw,if=virtio,readonly=on", disk.display());
+        let console = qemu_console(
+            &kernel,
+            &initrd,
+            &["-drive".to_string(), drive],
+            &format!("console=ttyS0 rdinit=/init panic=-1 quiet hoistfs={fs}"),
+        );
+        assert_booted(&console, fmt);
+    }
+}
+
+/// Debian's kernel and a small initramfs (busybox and the kernel's own
+/// modules) whose `/init` mounts `/dev/vda` (`hoistfs=` on the command
+/// line gives its type; `hoistdevs=N` adds `/dev/vdb`… as N erofs extra
+/// devices) as the read-only lower layer of an overlay and switches to
+/// the image's own `/init.sh`. None after saying SKIPPED when something
+/// is missing.
+pub(crate) fn boot_initrd(base: &Path) -> Option<(PathBuf, PathBuf)> {
     // Only the kernel the modules came from will load them.
     let kdir = test_kernel_dir();
     let modules = std::fs::read_dir(kdir.join("lib/modules"))
@@ -583,17 +610,12 @@ fn ext4_and_erofs_disks_boot_under_qemu_as_the_lower_layer_of_an_overlay() {
         .and_then(|e| e.ok())
         .map(|e| e.path());
     let kernel = newest_vmlinuz(&kdir.join("boot")).filter(|_| modules.is_some());
-    let Some(kernel) = ready_to_boot(
+    let kernel = ready_to_boot(
         kernel,
         "the disk boot test needs the kernel and modules scripts/test.sh extracts, qemu-system-x86_64, busybox-static and root",
-    ) else {
-        return;
-    };
+    )?;
     let modules = modules.unwrap();
-    let base = base_dir();
-    let (r, _) = image(base.path());
-    // The initramfs: busybox, the modules, and an /init that mounts.
-    let rd = base.path().join("initrd");
+    let rd = base.join("initrd");
     std::fs::create_dir_all(rd.join("bin")).unwrap();
     std::fs::create_dir_all(rd.join("mods")).unwrap();
     std::fs::copy("/bin/busybox", rd.join("bin/busybox")).unwrap();
@@ -610,7 +632,10 @@ fn ext4_and_erofs_disks_boot_under_qemu_as_the_lower_layer_of_an_overlay() {
          mkdir -p /proc /sys /dev /lower /rw /merged\n\
          mount -t proc proc /proc; mount -t devtmpfs dev /dev\n{insmods}\
          FS=$(sed -n 's/.*hoistfs=\\([a-z0-9]*\\).*/\\1/p' /proc/cmdline)\n\
-         mount -t $FS -o ro /dev/vda /lower || echo HOIST-BOOT-FAIL mount\n\
+         N=$(sed -n 's/.*hoistdevs=\\([0-9]*\\).*/\\1/p' /proc/cmdline)\n\
+         OPTS=ro; i=0\n\
+         for l in b c d e f g h i j k l m n o p; do [ $i -lt ${{N:-0}} ] || break; OPTS=$OPTS,device=/dev/vd$l; i=$((i+1)); done\n\
+         mount -t $FS -o $OPTS /dev/vda /lower || echo HOIST-BOOT-FAIL mount\n\
          mount -t tmpfs rw /rw; mkdir /rw/u /rw/w\n\
          mount -t overlay ov -o lowerdir=/lower,upperdir=/rw/u,workdir=/rw/w /merged || echo HOIST-BOOT-FAIL overlay\n\
          umount /proc\n\
@@ -621,19 +646,7 @@ fn ext4_and_erofs_disks_boot_under_qemu_as_the_lower_layer_of_an_overlay() {
         "chmod 0755 init bin/busybox && find . | cpio -o -H newc --quiet > ../initrd.cpio",
         &rd,
     );
-    // The lz4 image too: the guest kernel (Debian's 6.1) decompresses it.
-    for fmt in ["ext4", "erofs", "erofs-lz4"] {
-        let disk = export(&r, base.path(), fmt, &format!("boot.{fmt}"), true);
-        let fs = fmt.trim_end_matches("-lz4");
-        let drive = format!("file={},format=raw,if=virtio,readonly=on", disk.display());
-        let console = qemu_console(
-            &kernel,
-            &base.path().join("initrd.cpio"),
-            &["-drive".to_string(), drive],
-            &format!("console=ttyS0 rdinit=/init panic=-1 quiet hoistfs={fs}"),
-        );
-        assert_booted(&console, fmt);
-    }
+    Some((kernel, base.join("initrd.cpio")))
 }
 
 fn walk_find(dir: &Path, name: &str) -> Option<PathBuf> {

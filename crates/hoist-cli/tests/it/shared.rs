@@ -77,7 +77,10 @@ fn rich_image(work: &Path) -> (String, Vec<String>) {
          echo ping > usr/bin/ping-like; chmod 0755 usr/bin/ping-like
          setfattr -n security.capability -v 0x0100000200200000000000000000000000000000 usr/bin/ping-like
          setfattr -n user.comment -v hoist usr/bin/ping-like
-         touch -d 2001-02-03 etc/shadow",
+         touch -d 2001-02-03 etc/shadow
+         if [ -x /bin/busybox ]; then cp /bin/busybox bin/busybox; fi
+         printf '#!/bin/busybox sh\\n/bin/busybox echo HOIST-BOOT-OK uid=$(/bin/busybox id -u) shadow=$(/bin/busybox stat -c %%u:%%g:%%a /etc/shadow) null=$(/bin/busybox stat -c %%F:%%t,%%T /dev/null) new=$(/bin/busybox cat /opt/old/new)$(/bin/busybox ls /opt/old)\\n/bin/busybox poweroff -f\\n' > init.sh
+         chmod 0755 init.sh",
         "mkdir -p etc home/app
          touch etc/.wh.gone; echo replaced > etc/a; chown 0:0 etc/a
          chown 2000:2000 home/app; echo more > home/app/more",
@@ -538,4 +541,46 @@ fn a_killed_shared_export_leaves_no_half_written_layer_file() {
         .unwrap()
         .iter()
         .all(|d| d["reused"] == true));
+}
+
+/// META on the first virtio disk and its layer files on the next ones,
+/// read-only, mounted by Debian's kernel as the lower layer of an overlay:
+/// the image's own init runs and sees the merged tree (the opaque
+/// directory holds only the top layer's file). Plain and lz4.
+#[test]
+fn meta_and_its_layer_disks_boot_under_qemu_as_the_lower_layer_of_an_overlay() {
+    let h = Hoist::new();
+    let work = h.home.path();
+    let Some((kernel, initrd)) = crate::export::boot_initrd(work) else {
+        return;
+    };
+    let (r, _) = rich_image(work);
+    for lz4 in [false, true] {
+        let dir = work.join("layers");
+        let meta = work.join(format!("boot-{lz4}.meta.erofs"));
+        let v = export_shared(&h, &r, &dir, &meta, lz4);
+        let files = device_paths(&v);
+        let mut drives = Vec::new();
+        for d in std::iter::once(&meta).chain(&files) {
+            drives.push("-drive".to_string());
+            drives.push(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                d.display()
+            ));
+        }
+        let console = crate::export::qemu_console(
+            &kernel,
+            &initrd,
+            &drives,
+            &format!(
+                "console=ttyS0 rdinit=/init panic=-1 quiet hoistfs=erofs hoistdevs={}",
+                files.len()
+            ),
+        );
+        crate::export::assert_booted(&console, &format!("META (lz4 {lz4})"));
+        assert!(
+            console.contains("new=new\nnew") || console.contains("new=newnew"),
+            "the opaque directory: {console}"
+        );
+    }
 }
