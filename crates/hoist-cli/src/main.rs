@@ -219,6 +219,11 @@ struct ServeArgs {
     /// Compress erofs file data (with --format erofs).
     #[arg(long, value_enum, value_name = "ALGO")]
     compress: Option<CompressArg>,
+    /// erofs: build each image as a META disk over one erofs file per
+    /// layer under DATA/layers/, shared by every image that has the layer
+    /// (the record's `devices` lists them in mount order).
+    #[arg(long)]
+    shared_layers: bool,
     /// File holding the bearer token every endpoint but /healthz requires
     /// (or set HOIST_TOKEN).
     #[arg(long, value_name = "FILE")]
@@ -300,6 +305,7 @@ fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<()> {
             upload_timeout: Duration::from_secs(a.upload_timeout.max(1)),
             header_timeout: Duration::from_secs(a.header_timeout.max(1)),
             idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+            shared_layers: a.shared_layers,
         },
     )
     .map_err(|e| match e {

@@ -42,6 +42,8 @@ pub(crate) struct Swept {
 #[derive(Debug, Clone)]
 pub(crate) struct Disks {
     data_dir: PathBuf,
+    /// With shared layers: whether the layer files are lz4.
+    layers: Option<bool>,
 }
 
 impl Disks {
@@ -50,7 +52,38 @@ impl Disks {
     pub fn new(data_dir: &Path) -> std::io::Result<Disks> {
         Ok(Disks {
             data_dir: std::path::absolute(data_dir)?,
+            layers: None,
         })
+    }
+
+    /// Disks are META images over layer files in `layers/` (lz4 or not).
+    pub fn with_shared_layers(mut self, lz4: bool) -> Disks {
+        self.layers = Some(lz4);
+        self
+    }
+
+    pub fn shared_layers(&self) -> bool {
+        self.layers.is_some()
+    }
+
+    pub fn layers_dir(&self) -> PathBuf {
+        self.data_dir.join("layers")
+    }
+
+    /// A META disk's devices, lowest layer first: the layer files its
+    /// device table names. None without shared layers, or when the disk
+    /// is not a readable META.
+    pub fn devices(&self, row: &ImageRow) -> Option<Vec<PathBuf>> {
+        let lz4 = self.layers?;
+        let dir = hoist::LayerDir::open(&self.layers_dir()).ok()?;
+        hoist::meta_devices(&self.abs(&row.disk_path))
+            .ok()?
+            .iter()
+            .map(|t| {
+                let d: Digest = t.parse().ok()?;
+                dir.path_of(&d, lz4).ok()
+            })
+            .collect()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -70,8 +103,14 @@ impl Disks {
         let Some(size) = row.size_bytes else {
             return false;
         };
-        std::fs::symlink_metadata(self.abs(&row.disk_path))
-            .is_ok_and(|m| m.file_type().is_file() && m.len() == size)
+        let disk = std::fs::symlink_metadata(self.abs(&row.disk_path))
+            .is_ok_and(|m| m.file_type().is_file() && m.len() == size);
+        // A META needs its layer files, each with its record.
+        disk && (self.layers.is_none()
+            || self.devices(row).is_some_and(|ds| {
+                ds.iter()
+                    .all(|d| d.is_file() && PathBuf::from(format!("{}.rec", d.display())).is_file())
+            }))
     }
 
     /// `images/<repo>/<tag>` → the digest's directory, made when the image

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub pushed_manifests: Counter,
     /// Upload sessions open.
     pub upload_sessions: Gauge,
+    /// Layer files under `layers/` (with shared layers), and their bytes.
+    pub layer_files: Gauge,
+    pub layer_files_bytes: Gauge,
 }
 
 impl Metrics {
@@ -106,7 +109,22 @@ impl Metrics {
             "Upload sessions open",
             upload_sessions.clone(),
         );
+        let layer_files = Gauge::default();
+        let layer_files_bytes = Gauge::default();
+        registry.register(
+            "layer_files",
+            "Layer files of shared-layer disks",
+            layer_files.clone(),
+        );
+        registry.register_with_unit(
+            "layer_files",
+            "Bytes of the layer files of shared-layer disks",
+            Unit::Bytes,
+            layer_files_bytes.clone(),
+        );
         Metrics {
+            layer_files,
+            layer_files_bytes,
             upload_bytes,
             pushed_manifests,
             upload_sessions,

@@ -35,6 +35,10 @@ pub struct ServeOptions {
     /// A kept-alive connection with no request in flight is closed after
     /// this.
     pub idle_timeout: Duration,
+    /// erofs only: build each image as a META image whose file data stay
+    /// in one erofs file per layer under `DATA/layers/`, shared by every
+    /// image that has the layer.
+    pub shared_layers: bool,
 }
 
 /// `$XDG_DATA_HOME/hoist`, else `~/.local/share/hoist`.
@@ -65,6 +69,7 @@ impl Default for ServeOptions {
             upload_timeout: Duration::from_secs(600),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            shared_layers: false,
         }
     }
 }

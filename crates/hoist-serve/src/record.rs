@@ -29,6 +29,11 @@ pub struct Record {
     /// Absolute: the data directory as the server was started on it, joined
     /// with the stored relative path.
     pub disk_path: Option<String>,
+    /// With shared layers, once ready: the layer files the META disk
+    /// names as its devices, lowest layer first (the VMM attaches them
+    /// after the disk, in this order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<String>>,
     pub created_at: String,
     pub progress: Option<BuildProgress>,
 }
@@ -66,6 +71,10 @@ impl Record {
             platform: r.platform.to_string(),
             format: r.format.clone(),
             disk_path: Some(disks.abs(&r.disk_path).display().to_string()),
+            devices: (r.status == Status::Ready)
+                .then(|| disks.devices(r))
+                .flatten()
+                .map(|v| v.iter().map(|p| p.display().to_string()).collect()),
             created_at: r.created_at.clone(),
             progress,
         }

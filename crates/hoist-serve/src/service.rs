@@ -46,8 +46,14 @@ impl Service {
     /// of disks that a lost database forgot, and queue unfinished work.
     pub fn open(client: Client, opts: ServeOptions) -> Result<Arc<Service>, ServeError> {
         let setup = |e: &dyn std::fmt::Display| ServeError::Setup(e.to_string());
-        let disks = Disks::new(&opts.data_dir)
+        let mut disks = Disks::new(&opts.data_dir)
             .map_err(|e| setup(&format!("{}: {e}", opts.data_dir.display())))?;
+        if opts.shared_layers {
+            let hoist::Format::Erofs { lz4 } = opts.format else {
+                return Err(setup(&"shared layers are erofs only (--format erofs)"));
+            };
+            disks = disks.with_shared_layers(lz4);
+        }
         std::fs::create_dir_all(disks.images_dir())
             .map_err(|e| setup(&format!("{}: {e}", disks.data_dir().display())))?;
         let db_path = disks.data_dir().join("state.db");
@@ -92,6 +98,17 @@ impl Service {
             Ok(v) if !v.is_empty() => tracing::info!("removed {} stale cache temp files", v.len()),
             Ok(_) => {}
             Err(e) => tracing::warn!("sweeping the cache's temp files: {e}"),
+        }
+        if self.disks.shared_layers() {
+            match hoist::LayerDir::open(&self.disks.layers_dir()) {
+                Ok(d) => {
+                    let n = d.sweep_temps();
+                    if n > 0 {
+                        tracing::info!("removed {n} temp files of killed layer file builds");
+                    }
+                }
+                Err(e) => tracing::warn!("{}: {e}", self.disks.layers_dir().display()),
+            }
         }
         let stale = self.disks.stale_temps();
         for p in &stale {

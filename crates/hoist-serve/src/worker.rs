@@ -121,6 +121,7 @@ impl Service {
         }
         let opts = ExportOptions {
             format: self.opts.format,
+            shared_layers: self.disks.shared_layers().then(|| self.disks.layers_dir()),
             ..ExportOptions::default()
         };
         let done = self.client.export(&src, &out, &opts, &op);

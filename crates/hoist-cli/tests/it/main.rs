@@ -17,5 +17,6 @@ mod push;
 mod robustness;
 mod serve;
 mod serve_hardening;
+mod serve_shared;
 mod shared;
 mod unpack;

@@ -247,6 +247,46 @@ impl LayerDir {
         Ok(out)
     }
 
+    /// Remove what killed builds left (temp files whose name no build
+    /// holds the lock of); returns how many.
+    pub fn sweep_temps(&self) -> usize {
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.')
+                && name.ends_with(".tmp")
+                && !self.busy(&name)
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Every layer file here: (path, bytes).
+    pub fn files(&self) -> Vec<(PathBuf, u64)> {
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("sha256-") && n.ends_with(".erofs")
+            })
+            .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+            .collect()
+    }
+
+    /// The path a layer file of `diff_id` has here (whether or not it is).
+    pub fn path_of(&self, diff_id: &Digest, lz4: bool) -> Result<PathBuf, ExportError> {
+        Ok(self.paths(diff_id, lz4)?.0)
+    }
+
     /// Whether a build holds the lock of the layer file `name` relates to.
     fn busy(&self, name: &str) -> bool {
         let base = name.trim_start_matches('.');
