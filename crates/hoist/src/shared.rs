@@ -192,24 +192,26 @@ impl Client {
                 reason: "a layer has no layer file".into(),
             })?;
         op.emit(Event::Exporting { format: "erofs" });
+        let devices = layers
+            .iter()
+            .map(|l| LayerDevice {
+                path: l.path.clone(),
+                diff_id: l.diff_id.clone(),
+                bytes: l.bytes,
+                reused: l.reused,
+            })
+            .collect();
+        // The records go as the META takes them in.
+        drop(found);
         let (_, content_bytes) = build_meta(
             tmp,
-            &layers,
+            layers,
             lz4,
             crate::export::ids_of(&pulled.digest).0,
             Guard::new(Some(op.cancel.clone()), Some(op.limits.max_entries)),
             Some(op.cancel.clone()),
         )
         .map_err(exp)?;
-        let devices = layers
-            .into_iter()
-            .map(|l| LayerDevice {
-                path: l.path,
-                diff_id: l.diff_id,
-                bytes: l.bytes,
-                reused: l.reused,
-            })
-            .collect();
         Ok(SharedMade {
             pulled,
             config,

@@ -413,6 +413,7 @@ impl ErofsBuilder {
         plan: &Plan<'_>,
         out: &mut [Option<Placement>],
     ) -> Result<(), ExportError> {
+        let mut window = super::write::Window::default();
         for r in &plan.recs {
             let Body::File {
                 content: Some(c), ..
@@ -421,11 +422,12 @@ impl ErofsBuilder {
                 continue;
             };
             let p = match (&r.inline, r.layout) {
-                (InlineSrc::Spool(off, len), FLAT_INLINE) if r.blocks == 0 => {
-                    let mut t = vec![0u8; *len as usize];
-                    self.spool.read_exact_at(&mut t, *off).map_err(werr)?;
-                    Placement::Inline(t)
-                }
+                (InlineSrc::Spool(off, len), FLAT_INLINE) if r.blocks == 0 => Placement::Inline(
+                    window
+                        .get(&self.spool, *off, *len as usize)
+                        .map_err(werr)?
+                        .to_vec(),
+                ),
                 (InlineSrc::None, _) if r.size == 0 => Placement::Inline(Vec::new()),
                 (_, FLAT_PLAIN | CHUNK_BASED | COMPRESSED_FULL) => Placement::Blocks {
                     blkaddr: r.blkaddr,

@@ -74,6 +74,9 @@ pub struct ErofsBuilder {
     area: BlockArea,
     spool: File,
     spool_len: u64,
+    /// Spooled tails not yet written (they end at `spool_len`): one write
+    /// per MiB, not per small file.
+    spool_buf: Vec<u8>,
     maps: Vec<data::FileMap>,
     opts: ErofsOptions,
     path: PathBuf,
@@ -157,6 +160,7 @@ impl ErofsBuilder {
             area: BlockArea::new(file, 1, cancel),
             spool,
             spool_len: 0,
+            spool_buf: Vec::new(),
             maps: Vec::new(),
             lz4: opts.lz4.then(data::Lz4Worker::new),
             opts,
@@ -275,6 +279,8 @@ impl ErofsBuilder {
         uuid: [u8; 16],
         placements: Option<&mut Vec<Option<Placement>>>,
     ) -> Result<ErofsStats, ExportError> {
+        self.flush_spool().map_err(werr)?;
+        self.spool_buf = Vec::new();
         // Lay out: a record per inode, file data settled, nids.
         let walk = Walk::new(tree);
         let shared = xattr::plan(walk.order.iter().map(|&id| &tree.node(id).xattrs[..]));
@@ -386,6 +392,13 @@ impl ErofsBuilder {
         )))
     }
 
+    fn flush_spool(&mut self) -> io::Result<()> {
+        let start = self.spool_len - self.spool_buf.len() as u64;
+        self.spool.write_all_at(&self.spool_buf, start)?;
+        self.spool_buf.clear();
+        Ok(())
+    }
+
     /// A plain run, its tail spooled for inlining when short enough.
     fn store_flat(&mut self, size: u64, r: &mut dyn Read) -> io::Result<Content> {
         let tail_len = size % BLOCK;
@@ -404,11 +417,14 @@ impl ErofsBuilder {
             Run { start: 0, len: 0 }
         };
         let tail = if inline {
-            let mut t = vec![0u8; tail_len as usize];
-            r.read_exact(&mut t)?;
             let off = self.spool_len;
-            self.spool.write_all_at(&t, off)?;
+            let at = self.spool_buf.len();
+            self.spool_buf.resize(at + tail_len as usize, 0);
+            r.read_exact(&mut self.spool_buf[at..])?;
             self.spool_len += tail_len;
+            if self.spool_buf.len() >= 1 << 20 {
+                self.flush_spool()?;
+            }
             Some((off, tail_len as u32))
         } else {
             None

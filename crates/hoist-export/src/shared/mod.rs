@@ -450,10 +450,11 @@ fn verify(file: &Path, rec: &Path, diff_id: &Digest, lz4: bool) -> Result<Record
 
 /// Write a META image at `out`: the merged tree of `layers` (lowest
 /// first), every file's data pointing into the layer file that holds it,
-/// small files inline. Reads only the records.
+/// small files inline. Reads only the records, and lets each go once it
+/// is applied (when no one else holds it).
 pub fn build_meta(
     out: &Path,
-    layers: &[LayerFile],
+    layers: Vec<LayerFile>,
     lz4: bool,
     uuid: [u8; 16],
     guard: Guard,
@@ -470,15 +471,31 @@ pub fn build_meta(
             })
         })
         .collect::<Result<Vec<_>, ExportError>>()?;
-    let mut b =
-        ErofsBuilder::create_meta(out, ErofsOptions { lz4, layer: false }, cancel, devices)?;
+    let mut b = ErofsBuilder::create_meta(
+        out,
+        ErofsOptions {
+            lz4,
+            layer: false,
+        },
+        cancel,
+        devices,
+    )?;
     let mut tree = MergedTree::new();
     tree.set_guard(guard);
-    for (i, l) in layers.iter().enumerate() {
+    for (i, l) in layers.into_iter().enumerate() {
         let dev = (i + 1) as u16;
         let mut listing = Vec::with_capacity(l.record.entries.len());
-        for e in &l.record.entries {
-            listing.push(adopt(&mut b, e, dev).map_err(ExportError::Write)?);
+        match Arc::try_unwrap(l.record) {
+            Ok(rec) => {
+                for e in rec.entries {
+                    listing.push(adopt_owned(&mut b, e, dev).map_err(ExportError::Write)?);
+                }
+            }
+            Err(rec) => {
+                for e in &rec.entries {
+                    listing.push(adopt(&mut b, e, dev).map_err(ExportError::Write)?);
+                }
+            }
         }
         tree.apply_listing(listing, &mut b)?;
     }
@@ -491,6 +508,31 @@ pub fn build_meta(
         })
         .sum();
     Ok((b.finish(&tree, uuid)?, bytes))
+}
+
+fn adopt_owned(
+    b: &mut ErofsBuilder,
+    e: Listed<crate::erofs_builder::Placement>,
+    dev: u16,
+) -> io::Result<Listed<crate::ErofsContent>> {
+    if let Listed::Entry {
+        body: ListedBody::File { size, content },
+        rel,
+        meta,
+        xattrs,
+    } = e
+    {
+        return Ok(Listed::Entry {
+            rel,
+            meta,
+            xattrs,
+            body: ListedBody::File {
+                size,
+                content: b.adopt(size, &content, dev)?,
+            },
+        });
+    }
+    Ok(relist(e, |_| None).expect("only file entries have content"))
 }
 
 fn adopt(
