@@ -49,12 +49,24 @@ struct ShareApply<'a> {
     what: String,
 }
 
+/// An export error as the facade reports it: a layer's or the merge's
+/// own error (a limit, a cancellation, a bad archive) keeps its kind.
+fn export_error(image: &str, e: hoist_export::ExportError) -> Error {
+    match e {
+        hoist_export::ExportError::Unpack(source) => Error::Unpack {
+            image: image.to_string(),
+            source,
+        },
+        source => Error::Export {
+            image: image.to_string(),
+            source,
+        },
+    }
+}
+
 impl ShareApply<'_> {
     fn exp(&self, e: hoist_export::ExportError) -> Error {
-        Error::Export {
-            image: self.what.clone(),
-            source: e,
-        }
+        export_error(&self.what, e)
     }
 
     fn guard(&self) -> Guard {
@@ -143,10 +155,7 @@ impl Client {
         op: &Op,
     ) -> Result<SharedMade, Error> {
         let what = src.to_string();
-        let exp = |e| Error::Export {
-            image: what.clone(),
-            source: e,
-        };
+        let exp = |e| export_error(&what, e);
         let dir = LayerDir::open(dir).map_err(exp)?;
         let found: Mutex<HashMap<Digest, LayerFile>> = Mutex::new(HashMap::new());
         let skip = |d: &Digest| match dir.find(d, lz4) {
@@ -201,11 +210,9 @@ impl Client {
                 reused: l.reused,
             })
             .collect();
-        // The records go as the META takes them in.
-        drop(found);
         let (_, content_bytes) = build_meta(
             tmp,
-            layers,
+            &layers,
             lz4,
             crate::export::ids_of(&pulled.digest).0,
             Guard::new(Some(op.cancel.clone()), Some(op.limits.max_entries)),

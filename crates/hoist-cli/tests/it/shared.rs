@@ -584,3 +584,109 @@ fn meta_and_its_layer_disks_boot_under_qemu_as_the_lower_layer_of_an_overlay() {
         );
     }
 }
+
+/// The layer files and META are the same bytes whether hoist ran as root
+/// or as an unprivileged user (owners, devices and xattrs come from the
+/// tar headers either way).
+#[test]
+fn layer_files_and_meta_are_the_same_bytes_as_root_and_unprivileged() {
+    if !is_root() {
+        skip("running as another user needs root");
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (r, _) = rich_image(base.path());
+    let run = |who: &str, unprivileged: bool| {
+        let dir = base.path().join(format!("layers-{who}"));
+        let meta = base.path().join(format!("{who}.meta"));
+        let mut c = if unprivileged {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(crate::harness::hoist_for_anyone(base.path()));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_hoist"))
+        };
+        let o = c
+            .arg("--cache-dir")
+            .arg(base.path().join(format!("cache-{who}")))
+            .args([
+                "--json",
+                "export",
+                &r,
+                "--format",
+                "erofs",
+                "--shared-layers",
+            ])
+            .arg(&dir)
+            .arg("-o")
+            .arg(&meta)
+            .env("HOME", base.path())
+            .env("NO_PROXY", "127.0.0.1")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{who}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut bytes = vec![std::fs::read(&meta).unwrap()];
+        for p in device_paths(&v) {
+            bytes.push(std::fs::read(p).unwrap());
+        }
+        bytes
+    };
+    let root = run("root", false);
+    let user = run("user", true);
+    assert_eq!(root.len(), 4);
+    for (i, (a, b)) in root.iter().zip(&user).enumerate() {
+        assert!(a == b, "file {i} differs between root and unprivileged");
+    }
+}
+
+/// The entry limit holds for shared exports: an image over it fails with
+/// the limit's exit code and leaves no META and no temp behind (layer
+/// files under the limit each may stay: whole, with their records).
+#[test]
+fn a_shared_export_over_the_entry_limit_fails_and_leaves_nothing() {
+    let reg = &registries().plain;
+    let repo = unique_repo("shared-limit");
+    reg.push_image(&repo, "v1", &sample_image(74, 16));
+    let h = Hoist::new();
+    let dir = h.home.path().join("layers");
+    let out = h.home.path().join("m.meta");
+    let err = h.fails(
+        &[
+            "--max-entries",
+            "2",
+            "export",
+            &format!("{}/{repo}:v1", reg.host),
+            "--format",
+            "erofs",
+            "--shared-layers",
+            dir.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        7,
+    );
+    assert!(err.contains("entries"), "{err}");
+    assert!(!out.exists());
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != ".locks")
+                .collect()
+        })
+        .unwrap_or_default();
+    for n in &left {
+        assert!(n.starts_with("sha256-"), "{left:?}");
+        if n.ends_with(".erofs") {
+            assert!(left.contains(&format!("{n}.rec")), "{left:?}");
+        }
+    }
+}

@@ -205,10 +205,10 @@ impl ErofsBuilder {
     /// A file whose data is already on device `dev` (1-based) as a layer
     /// file placed it: a META image's chunk indexes point there, and a
     /// small file's bytes go inline.
-    pub(crate) fn adopt(&mut self, size: u64, p: &Placement, dev: u16) -> io::Result<Content> {
+    pub(crate) fn adopt(&mut self, size: u64, p: Placement, dev: u16) -> io::Result<Content> {
         let mut c = match p {
             Placement::Inline(bytes) => {
-                if bytes.len() as u64 != size {
+                if bytes.len() as u64 != size || size > INLINE_MAX {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "a layer record's inline file has the wrong size",
@@ -221,14 +221,14 @@ impl ErofsBuilder {
                 blocks,
                 map,
             } => {
-                let map = map.as_ref().map(|m| {
-                    self.maps.push(m.clone());
+                let map = map.map(|m| {
+                    self.maps.push(m);
                     self.maps.len() as u32 - 1
                 });
                 let mut c = Content::new(
                     Run {
-                        start: u64::from(*blkaddr),
-                        len: u64::from(*blocks),
+                        start: u64::from(blkaddr),
+                        len: u64::from(blocks),
                     },
                     None,
                     map,

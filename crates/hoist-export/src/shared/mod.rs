@@ -14,10 +14,9 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use hoist_spec::{Cancel, Digest};
 use hoist_unpack::{Guard, Listed, ListedBody, MergedTree};
@@ -52,7 +51,9 @@ pub struct LayerFile {
     pub bytes: u64,
     /// Whether it was found in the directory (else this export built it).
     pub reused: bool,
-    record: Arc<Record>,
+    lz4: bool,
+    /// Entries of its listing.
+    entries: u64,
 }
 
 /// What [`LayerDir::gc`] did.
@@ -133,13 +134,14 @@ impl LayerDir {
     /// (a later build replaces it).
     pub fn find(&self, diff_id: &Digest, lz4: bool) -> Option<LayerFile> {
         let (file, rec) = self.paths(diff_id, lz4).ok()?;
-        match verify(&file, &rec, diff_id, lz4) {
+        match verify(&file, &rec, diff_id, lz4, false) {
             Ok(r) => Some(LayerFile {
                 bytes: r.file_len,
                 path: file,
                 diff_id: diff_id.clone(),
                 reused: true,
-                record: Arc::new(r),
+                lz4,
+                entries: r.count,
             }),
             Err(why) => {
                 if file.exists() || rec.exists() {
@@ -171,12 +173,12 @@ impl LayerDir {
         tree.apply_layer(&mut &mut *stream, &mut b)?;
         tree.finish()?;
         let uuid = uuid_of(hex_of(diff_id)?);
-        let (_, placements) = b.finish_layer(&tree, uuid)?;
+        let (_, mut placements) = b.finish_layer(&tree, uuid)?;
         let tmp = Removing(tmp);
         let entries = tree
             .listing()
             .into_iter()
-            .map(|l| relist(l, |c| placements[ErofsBuilder::seq(&c)].clone()))
+            .map(|l| relist(l, |c| placements[ErofsBuilder::seq(&c)].take()))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| ExportError::Unsupported("a layer file lost a file's data".into()))?;
         let file_len = std::fs::metadata(&tmp.0)
@@ -187,13 +189,16 @@ impl LayerDir {
             lz4,
             file_len,
             sb_checksum: sb_checksum(&tmp.0)?,
+            count: entries.len() as u64,
             entries,
         };
         let rec_tmp = Removing(temp_name(&rec));
-        let mut f =
-            File::create(&rec_tmp.0).map_err(|e| ExportError::io("create", &rec_tmp.0, e))?;
-        f.write_all(&record.encode())
-            .and_then(|_| f.sync_all())
+        let f = File::create(&rec_tmp.0).map_err(|e| ExportError::io("create", &rec_tmp.0, e))?;
+        let mut w = io::BufWriter::new(f);
+        record
+            .write_to(&mut w)
+            .and_then(|_| w.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all())
             .map_err(ExportError::Write)?;
         Ok(Pending {
             tmp,
@@ -206,7 +211,8 @@ impl LayerDir {
                 diff_id: diff_id.clone(),
                 bytes: file_len,
                 reused: false,
-                record: Arc::new(record),
+                lz4,
+                entries: record.count,
             },
             _lock: lock,
         })
@@ -338,7 +344,7 @@ impl Pending {
 impl LayerFile {
     /// Entries of the layer's listing.
     pub fn entries(&self) -> u64 {
-        self.record.entries.len() as u64
+        self.entries
     }
 }
 
@@ -424,7 +430,15 @@ fn checked_crc(block: &[u8]) -> Option<u32> {
     (crc32c(&b) == stored).then_some(stored)
 }
 
-fn verify(file: &Path, rec: &Path, diff_id: &Digest, lz4: bool) -> Result<Record, String> {
+/// A layer file and its record, checked against each other; the record's
+/// listing is read only with `entries`.
+fn verify(
+    file: &Path,
+    rec: &Path,
+    diff_id: &Digest,
+    lz4: bool,
+    entries: bool,
+) -> Result<Record, String> {
     let len = std::fs::metadata(rec)
         .map_err(|e| format!("its record: {e}"))?
         .len();
@@ -432,7 +446,7 @@ fn verify(file: &Path, rec: &Path, diff_id: &Digest, lz4: bool) -> Result<Record
         return Err("its record is too large".into());
     }
     let bytes = std::fs::read(rec).map_err(|e| format!("its record: {e}"))?;
-    let r = Record::decode(&bytes).map_err(|b| format!("its record: {}", b.0))?;
+    let r = Record::decode(&bytes, entries).map_err(|b| format!("its record: {}", b.0))?;
     if r.diff_id != diff_id.to_string() || r.lz4 != lz4 {
         return Err(format!("its record is for {} (lz4: {})", r.diff_id, r.lz4));
     }
@@ -450,11 +464,10 @@ fn verify(file: &Path, rec: &Path, diff_id: &Digest, lz4: bool) -> Result<Record
 
 /// Write a META image at `out`: the merged tree of `layers` (lowest
 /// first), every file's data pointing into the layer file that holds it,
-/// small files inline. Reads only the records, and lets each go once it
-/// is applied (when no one else holds it).
+/// small files inline. Reads only the records, one at a time.
 pub fn build_meta(
     out: &Path,
-    layers: Vec<LayerFile>,
+    layers: &[LayerFile],
     lz4: bool,
     uuid: [u8; 16],
     guard: Guard,
@@ -471,31 +484,25 @@ pub fn build_meta(
             })
         })
         .collect::<Result<Vec<_>, ExportError>>()?;
-    let mut b = ErofsBuilder::create_meta(
-        out,
-        ErofsOptions {
-            lz4,
-            layer: false,
-        },
-        cancel,
-        devices,
-    )?;
+    let mut b =
+        ErofsBuilder::create_meta(out, ErofsOptions { lz4, layer: false }, cancel, devices)?;
     let mut tree = MergedTree::new();
     tree.set_guard(guard);
-    for (i, l) in layers.into_iter().enumerate() {
+    for (i, l) in layers.iter().enumerate() {
         let dev = (i + 1) as u16;
-        let mut listing = Vec::with_capacity(l.record.entries.len());
-        match Arc::try_unwrap(l.record) {
-            Ok(rec) => {
-                for e in rec.entries {
-                    listing.push(adopt_owned(&mut b, e, dev).map_err(ExportError::Write)?);
-                }
-            }
-            Err(rec) => {
-                for e in &rec.entries {
-                    listing.push(adopt(&mut b, e, dev).map_err(ExportError::Write)?);
-                }
-            }
+        // Read again, one layer at a time, and checked again against its
+        // file: what was found may have been replaced since.
+        let rec = PathBuf::from(format!("{}.rec", l.path.display()));
+        let r = verify(&l.path, &rec, &l.diff_id, l.lz4, true).map_err(|why| {
+            ExportError::io(
+                "read",
+                &l.path,
+                io::Error::new(io::ErrorKind::InvalidData, why),
+            )
+        })?;
+        let mut listing = Vec::with_capacity(r.entries.len());
+        for e in r.entries {
+            listing.push(adopt(&mut b, e, dev).map_err(ExportError::Write)?);
         }
         tree.apply_listing(listing, &mut b)?;
     }
@@ -510,7 +517,7 @@ pub fn build_meta(
     Ok((b.finish(&tree, uuid)?, bytes))
 }
 
-fn adopt_owned(
+fn adopt(
     b: &mut ErofsBuilder,
     e: Listed<crate::erofs_builder::Placement>,
     dev: u16,
@@ -528,45 +535,11 @@ fn adopt_owned(
             xattrs,
             body: ListedBody::File {
                 size,
-                content: b.adopt(size, &content, dev)?,
+                content: b.adopt(size, content, dev)?,
             },
         });
     }
     Ok(relist(e, |_| None).expect("only file entries have content"))
-}
-
-fn adopt(
-    b: &mut ErofsBuilder,
-    e: &Listed<crate::erofs_builder::Placement>,
-    dev: u16,
-) -> io::Result<Listed<crate::ErofsContent>> {
-    Ok(match e {
-        Listed::Entry {
-            rel,
-            meta,
-            xattrs,
-            body,
-        } => Listed::Entry {
-            rel: rel.clone(),
-            meta: meta.clone(),
-            xattrs: xattrs.clone(),
-            body: match body {
-                ListedBody::Dir => ListedBody::Dir,
-                ListedBody::Special => ListedBody::Special,
-                ListedBody::Symlink(t) => ListedBody::Symlink(t.clone()),
-                ListedBody::File { size, content } => ListedBody::File {
-                    size: *size,
-                    content: b.adopt(*size, content, dev)?,
-                },
-            },
-        },
-        Listed::Hardlink { rel, target } => Listed::Hardlink {
-            rel: rel.clone(),
-            target: target.clone(),
-        },
-        Listed::Whiteout(r) => Listed::Whiteout(r.clone()),
-        Listed::Opaque(r) => Listed::Opaque(r.clone()),
-    })
 }
 
 /// The diff_ids a META image's device table names (`sha256:<hex>`), in

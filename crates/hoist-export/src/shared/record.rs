@@ -26,24 +26,44 @@ pub(crate) struct Record {
     /// The layer file's length and its superblock's checksum.
     pub(crate) file_len: u64,
     pub(crate) sb_checksum: u32,
+    /// Entries of the listing (`entries` may be left unread).
+    pub(crate) count: u64,
     pub(crate) entries: Vec<Listed<Placement>>,
 }
 
-struct Enc(Vec<u8>);
+/// Encodes into a buffer that goes to `out` a MiB at a time, hashed on
+/// the way (a record can hold tens of MiB of small files).
+struct Enc<'w> {
+    buf: Vec<u8>,
+    out: &'w mut dyn std::io::Write,
+    hash: Sha256,
+}
 
-impl Enc {
+impl Enc<'_> {
+    fn spill(&mut self) -> std::io::Result<()> {
+        self.hash.update(&self.buf);
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+    fn spill_if_full(&mut self) -> std::io::Result<()> {
+        if self.buf.len() >= 1 << 20 {
+            self.spill()?;
+        }
+        Ok(())
+    }
     fn u8(&mut self, v: u8) {
-        self.0.push(v);
+        self.buf.push(v);
     }
     fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.buf.extend_from_slice(&v.to_le_bytes());
     }
     fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.buf.extend_from_slice(&v.to_le_bytes());
     }
     fn bytes(&mut self, b: &[u8]) {
         self.u64(b.len() as u64);
-        self.0.extend_from_slice(b);
+        self.buf.extend_from_slice(b);
     }
     fn meta(&mut self, m: &EntryMeta) {
         self.u8(kind_code(m.kind));
@@ -202,14 +222,20 @@ impl<'a> Dec<'a> {
 }
 
 impl Record {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut e = Enc(MAGIC.to_vec());
+    /// Write the record to `out`, its seal last.
+    pub(crate) fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut e = Enc {
+            buf: MAGIC.to_vec(),
+            out,
+            hash: Sha256::new(),
+        };
         e.bytes(self.diff_id.as_bytes());
         e.u8(u8::from(self.lz4));
         e.u64(self.file_len);
         e.u32(self.sb_checksum);
         e.u64(self.entries.len() as u64);
         for l in &self.entries {
+            e.spill_if_full()?;
             match l {
                 Listed::Entry {
                     rel,
@@ -254,12 +280,14 @@ impl Record {
                 }
             }
         }
-        let sum = Sha256::digest(&e.0);
-        e.0.extend_from_slice(&sum);
-        e.0
+        e.spill()?;
+        let sum = e.hash.finalize();
+        e.out.write_all(&sum)
     }
 
-    pub(crate) fn decode(all: &[u8]) -> Result<Record, Bad> {
+    /// The record, or only its head (`entries` left empty) without
+    /// `entries`; either way its seal is checked first.
+    pub(crate) fn decode(all: &[u8], entries: bool) -> Result<Record, Bad> {
         if all.len() < MAGIC.len() + 32 || &all[..MAGIC.len()] != MAGIC {
             return Err(Bad("not a hoist layer record of this version"));
         }
@@ -274,6 +302,16 @@ impl Record {
         let file_len = d.u64()?;
         let sb_checksum = d.u32()?;
         let n = d.len()?;
+        if !entries {
+            return Ok(Record {
+                diff_id,
+                lz4,
+                file_len,
+                sb_checksum,
+                count: n as u64,
+                entries: Vec::new(),
+            });
+        }
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
             entries.push(match d.u8()? {
@@ -321,6 +359,7 @@ impl Record {
             lz4,
             file_len,
             sb_checksum,
+            count: n as u64,
             entries,
         })
     }

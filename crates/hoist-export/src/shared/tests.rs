@@ -41,7 +41,7 @@ fn meta(
     lz4: bool,
 ) -> Result<Vec<LayerFile>, String> {
     let files = layer_files(dir, layers, lz4)?;
-    build_meta(out, files.clone(), lz4, [7; 16], guard(), None).map_err(|e| e.to_string())?;
+    build_meta(out, &files, lz4, [7; 16], guard(), None).map_err(|e| e.to_string())?;
     Ok(files)
 }
 
