@@ -411,9 +411,9 @@ impl ErofsBuilder {
         &self,
         tree: &MergedTree<Content>,
         plan: &Plan<'_>,
+        meta_blkaddr: u64,
         out: &mut [Option<Placement>],
     ) -> Result<(), ExportError> {
-        let mut window = super::write::Window::default();
         for r in &plan.recs {
             let Body::File {
                 content: Some(c), ..
@@ -422,12 +422,10 @@ impl ErofsBuilder {
                 continue;
             };
             let p = match (&r.inline, r.layout) {
-                (InlineSrc::Spool(off, len), FLAT_INLINE) if r.blocks == 0 => Placement::Inline(
-                    window
-                        .get(&self.spool, *off, *len as usize)
-                        .map_err(werr)?
-                        .to_vec(),
-                ),
+                // Where write_inodes put it: after the inode and xattrs.
+                (InlineSrc::Spool(..), FLAT_INLINE) if r.blocks == 0 => {
+                    Placement::InlineAt(meta_blkaddr * BLOCK + r.nid * 32 + r.head_len() as u64)
+                }
                 (InlineSrc::None, _) if r.size == 0 => Placement::Inline(Vec::new()),
                 (_, FLAT_PLAIN | CHUNK_BASED | COMPRESSED_FULL) => Placement::Blocks {
                     blkaddr: r.blkaddr,

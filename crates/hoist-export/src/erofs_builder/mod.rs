@@ -93,8 +93,11 @@ pub struct ErofsBuilder {
 /// Where a layer file put a file's data, as a META image points at it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Placement {
-    /// A small file, inline after its inode (its bytes, from the record).
+    /// A small file's bytes, to go inline after its inode.
     Inline(Vec<u8>),
+    /// A small file inline in a layer file: its bytes' offset there (as
+    /// many as the file's size), read when a META adopts it.
+    InlineAt(u64),
     /// Whole blocks from `blkaddr`; `map` when chunked or compressed.
     Blocks {
         blkaddr: u32,
@@ -216,6 +219,12 @@ impl ErofsBuilder {
                 }
                 self.store_flat(size, &mut &bytes[..])?
             }
+            Placement::InlineAt(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an inline file's bytes must be read from its layer file first",
+                ))
+            }
             Placement::Blocks {
                 blkaddr,
                 blocks,
@@ -308,7 +317,7 @@ impl ErofsBuilder {
         };
         self.write_superblock(&plan, &totals)?;
         if let Some(out) = placements {
-            self.placements(tree, &plan, out)?;
+            self.placements(tree, &plan, meta_blkaddr, out)?;
         }
         let recs = &plan.recs;
         let count = |layout| recs.iter().filter(|r| r.layout == layout).count() as u64;
@@ -441,7 +450,7 @@ mod lz4_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 mod write;
-pub(crate) use write::crc32c;
+pub(crate) use write::{crc32c, Window};
 mod xattr;
 #[cfg(test)]
 mod xattr_tests;

@@ -322,7 +322,7 @@ fn inode(tree: &MergedTree<Content>, r: &Rec, ino: u32, b: &mut Vec<u8>) {
 /// the same, so one read of a window serves many tails (a read per tail
 /// cost 40,000 system calls on rig/big).
 #[derive(Default)]
-pub(super) struct Window {
+pub(crate) struct Window {
     start: u64,
     data: Vec<u8>,
 }
@@ -330,7 +330,7 @@ pub(super) struct Window {
 impl Window {
     const SIZE: usize = 64 << 10;
 
-    pub(super) fn get(&mut self, spool: &std::fs::File, off: u64, len: usize) -> io::Result<&[u8]> {
+    pub(crate) fn get(&mut self, spool: &std::fs::File, off: u64, len: usize) -> io::Result<&[u8]> {
         let inside = off >= self.start && off + len as u64 <= self.start + self.data.len() as u64;
         if !inside {
             let want = len.max(Self::SIZE);

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use hoist_spec::{Cancel, Digest};
 use hoist_unpack::{Guard, Listed, ListedBody, MergedTree};
 
-use crate::erofs_builder::{crc32c, Device, ErofsBuilder, ErofsOptions, ErofsStats};
+use crate::erofs_builder::{
+    crc32c, Device, ErofsBuilder, ErofsOptions, ErofsStats, Placement, Window,
+};
 use crate::error::ExportError;
 use crate::BLOCK;
 
@@ -500,9 +502,18 @@ pub fn build_meta(
                 io::Error::new(io::ErrorKind::InvalidData, why),
             )
         })?;
+        let file = File::open(&l.path).map_err(|e| ExportError::io("open", &l.path, e))?;
+        let mut inline = Inline {
+            file,
+            len: r.file_len,
+            window: Window::default(),
+        };
         let mut listing = Vec::with_capacity(r.entries.len());
         for e in r.entries {
-            listing.push(adopt(&mut b, e, dev).map_err(ExportError::Write)?);
+            listing.push(
+                adopt(&mut b, e, dev, &mut inline)
+                    .map_err(|e| ExportError::io("read", &l.path, e))?,
+            );
         }
         tree.apply_listing(listing, &mut b)?;
     }
@@ -517,10 +528,18 @@ pub fn build_meta(
     Ok((b.finish(&tree, uuid)?, bytes))
 }
 
+/// A layer file's metadata area, where its small files' bytes are.
+struct Inline {
+    file: File,
+    len: u64,
+    window: Window,
+}
+
 fn adopt(
     b: &mut ErofsBuilder,
-    e: Listed<crate::erofs_builder::Placement>,
+    e: Listed<Placement>,
     dev: u16,
+    inline: &mut Inline,
 ) -> io::Result<Listed<crate::ErofsContent>> {
     if let Listed::Entry {
         body: ListedBody::File { size, content },
@@ -529,6 +548,18 @@ fn adopt(
         xattrs,
     } = e
     {
+        let content = match content {
+            Placement::InlineAt(at) => {
+                if at.checked_add(size).is_none_or(|end| end > inline.len) || size > BLOCK {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "its record places a small file outside it",
+                    ));
+                }
+                Placement::Inline(inline.window.get(&inline.file, at, size as usize)?.to_vec())
+            }
+            p => p,
+        };
         return Ok(Listed::Entry {
             rel,
             meta,

@@ -2,7 +2,8 @@
 //! beside it so that building a META reads no layer file's data blocks
 //! and no erofs parser is needed: the layer's listing (entries, whiteouts,
 //! opaque markers, hardlinks), where each file's data is in the layer file
-//! (or its bytes, for a small file kept inline), and what ties the record
+//! (its blocks, or for a small file the offset of its bytes inline in the
+//! metadata area), and what ties the record
 //! to its layer file (the diff_id, the file's length and its superblock
 //! checksum). The whole is sealed with its sha256.
 //!
@@ -79,6 +80,10 @@ impl Enc<'_> {
             Placement::Inline(b) => {
                 self.u8(0);
                 self.bytes(b);
+            }
+            Placement::InlineAt(at) => {
+                self.u8(2);
+                self.u64(*at);
             }
             Placement::Blocks {
                 blkaddr,
@@ -216,6 +221,7 @@ impl<'a> Dec<'a> {
                     map,
                 }
             }
+            2 => Placement::InlineAt(self.u64()?),
             _ => return Err(Bad("an unknown placement")),
         })
     }

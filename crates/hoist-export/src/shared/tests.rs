@@ -439,3 +439,53 @@ fn gc_keeps_the_layer_files_a_kept_meta_names() {
         "a layer file is not a META"
     );
 }
+
+/// A record that verifies (its seal is right) but places a small file's
+/// bytes past the end of its layer file is refused when a META reads it,
+/// not trusted and not a panic.
+#[test]
+fn a_sealed_record_that_points_outside_its_file_is_refused() {
+    use super::record::Record;
+    use crate::erofs_builder::Placement;
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = two_layers();
+    let dir = LayerDir::open(&tmp.path().join("l")).unwrap();
+    let files = layer_files(&dir, &layers, false).unwrap();
+    let rec = PathBuf::from(format!("{}.rec", files[0].path.display()));
+    let mut r = Record::decode(&std::fs::read(&rec).unwrap(), true).unwrap();
+    let len = r.file_len;
+    let mut moved = 0;
+    for e in &mut r.entries {
+        if let hoist_unpack::Listed::Entry {
+            body: hoist_unpack::ListedBody::File { content, size },
+            ..
+        } = e
+        {
+            if let Placement::InlineAt(at) = content {
+                if *size > 0 {
+                    *at = len - 1;
+                    moved += 1;
+                }
+            }
+        }
+    }
+    assert!(moved > 0, "the sample has a small file");
+    let mut out = Vec::new();
+    r.write_to(&mut out).unwrap();
+    std::fs::write(&rec, out).unwrap();
+    let found = dir
+        .find(&files[0].diff_id, false)
+        .expect("its seal and head verify");
+    let err = build_meta(
+        &tmp.path().join("m"),
+        &[found],
+        false,
+        [0; 16],
+        guard(),
+        None,
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("outside"), "{err}");
+    assert!(!tmp.path().join("m").exists());
+}
