@@ -461,11 +461,9 @@ fn a_sealed_record_that_points_outside_its_file_is_refused() {
             ..
         } = e
         {
-            if let Placement::InlineAt(at) = content {
-                if *size > 0 {
-                    *at = len - 1;
-                    moved += 1;
-                }
+            if let (Placement::InlineAt(at), 1..) = (content, *size) {
+                *at = len - 1;
+                moved += 1;
             }
         }
     }
