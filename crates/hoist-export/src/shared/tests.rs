@@ -482,8 +482,7 @@ fn a_sealed_record_that_points_outside_its_file_is_refused() {
         guard(),
         None,
     )
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert!(err.to_string().contains("outside"), "{err}");
     assert!(!tmp.path().join("m").exists());
 }
