@@ -27,6 +27,9 @@ fn layer_files(dir: &LayerDir, layers: &[Vec<u8>], lz4: bool) -> Result<Vec<Laye
                 return Ok(f);
             }
             let lock = dir.lock(&d, lz4).map_err(|e| e.to_string())?;
+            if let Some(f) = dir.find(&d, lz4) {
+                return Ok(f);
+            }
             dir.build(&d, lz4, &mut &l[..], lock, guard(), None)
                 .and_then(|p| p.commit())
                 .map_err(|e| e.to_string())
@@ -485,4 +488,21 @@ fn a_sealed_record_that_points_outside_its_file_is_refused() {
     .expect_err("refused");
     assert!(err.to_string().contains("outside"), "{err}");
     assert!(!tmp.path().join("m").exists());
+}
+
+/// Threads of one process that need the same layer build its file once
+/// (the per-name lock is `flock` on a file each opens: it holds between
+/// threads as between processes); the rest find it.
+#[test]
+fn threads_that_need_one_layer_build_its_file_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = two_layers();
+    let dir = LayerDir::open(&tmp.path().join("l")).unwrap();
+    let built: Vec<bool> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| layer_files(&dir, &layers[..1], false).unwrap()[0].reused))
+            .collect();
+        hs.into_iter().map(|h| !h.join().unwrap()).collect()
+    });
+    assert_eq!(built.iter().filter(|b| **b).count(), 1, "{built:?}");
 }
