@@ -10,12 +10,12 @@ use crate::harness::image::{sha256, Blob, Image};
 use crate::harness::{registries, unique_repo, Hoist};
 use hoist_spec::media;
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: no arguments, always succeeds.
     unsafe { libc::geteuid() == 0 }
 }
 
-fn sh(script: &str, dir: &Path) {
+pub(crate) fn sh(script: &str, dir: &Path) {
     let out = Command::new("sh")
         .arg("-ec")
         .arg(script)

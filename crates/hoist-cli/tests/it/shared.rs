@@ -16,24 +16,7 @@ use crate::harness::registry::registries;
 use crate::harness::treesum::{diff, treesum};
 use crate::harness::{sample_image, shared_base_pair, skip, unique_repo, Hoist};
 
-fn is_root() -> bool {
-    // SAFETY: no arguments, always succeeds.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn sh(script: &str, dir: &Path) {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::export::{is_root, sh};
 
 fn tar_of_tree(t: &Path) -> Vec<u8> {
     let out = Command::new("tar")
@@ -111,10 +94,9 @@ fn rich_image(work: &Path) -> (String, Vec<String>) {
     (format!("{}/{repo}:v1", reg.host), diff_ids)
 }
 
-/// `hoist --json export R --format erofs --shared-layers DIR -o OUT`.
-fn export_shared(h: &Hoist, r: &str, dir: &Path, out: &Path, lz4: bool) -> serde_json::Value {
-    let mut args = vec![
-        "--json",
+/// `export R --format erofs --shared-layers DIR -o OUT`.
+fn shared_args<'a>(r: &'a str, dir: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
         "export",
         r,
         "--format",
@@ -123,7 +105,13 @@ fn export_shared(h: &Hoist, r: &str, dir: &Path, out: &Path, lz4: bool) -> serde
         dir.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
-    ];
+    ]
+}
+
+/// `hoist --json export R --format erofs --shared-layers DIR -o OUT`.
+fn export_shared(h: &Hoist, r: &str, dir: &Path, out: &Path, lz4: bool) -> serde_json::Value {
+    let mut args = vec!["--json"];
+    args.extend(shared_args(r, dir, out));
     if lz4 {
         args.extend(["--compress", "lz4"]);
     }
@@ -419,17 +407,8 @@ fn concurrent_exports_of_one_image_build_each_layer_file_once() {
         .iter()
         .map(|(h, out)| {
             h.cmd()
-                .args([
-                    "--json",
-                    "export",
-                    &r,
-                    "--format",
-                    "erofs",
-                    "--shared-layers",
-                ])
-                .arg(&dir)
-                .arg("-o")
-                .arg(out)
+                .arg("--json")
+                .args(shared_args(&r, &dir, out))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -476,19 +455,10 @@ fn a_killed_shared_export_leaves_no_half_written_layer_file() {
     let h = Hoist::new();
     let dir = h.home.path().join("layers");
     let meta = h.home.path().join("app.meta");
-    let args = [
-        "-q",
-        "export",
-        r.as_str(),
-        "--format",
-        "erofs",
-        "--shared-layers",
-        dir.to_str().unwrap(),
-        "-o",
-        meta.to_str().unwrap(),
-    ];
+    let mut args = vec!["-q"];
+    args.extend(shared_args(&r, &dir, &meta));
     for ms in [0u64, 40, 120, 250, 500, 800, 1200] {
-        let mut child = h.cmd().args(args).spawn().unwrap();
+        let mut child = h.cmd().args(&args).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(ms));
         let _ = child.kill();
         let _ = child.wait();
@@ -507,18 +477,7 @@ fn a_killed_shared_export_leaves_no_half_written_layer_file() {
         }
     }
     f.set(|p| p.chunk_delay = Duration::ZERO);
-    let v: serde_json::Value = serde_json::from_str(&h.ok(&[
-        "--json",
-        "export",
-        &r,
-        "--format",
-        "erofs",
-        "--shared-layers",
-        dir.to_str().unwrap(),
-        "-o",
-        meta.to_str().unwrap(),
-    ]))
-    .unwrap();
+    let v = export_shared(&h, &r, &dir, &meta, false);
     assert_eq!(device_paths(&v).len(), 3);
     h.ok(&[
         "gc",
@@ -612,17 +571,8 @@ fn layer_files_and_meta_are_the_same_bytes_as_root_and_unprivileged() {
         let o = c
             .arg("--cache-dir")
             .arg(base.path().join(format!("cache-{who}")))
-            .args([
-                "--json",
-                "export",
-                &r,
-                "--format",
-                "erofs",
-                "--shared-layers",
-            ])
-            .arg(&dir)
-            .arg("-o")
-            .arg(&meta)
+            .arg("--json")
+            .args(shared_args(&r, &dir, &meta))
             .env("HOME", base.path())
             .env("NO_PROXY", "127.0.0.1")
             .output()
@@ -658,21 +608,10 @@ fn a_shared_export_over_the_entry_limit_fails_and_leaves_nothing() {
     let h = Hoist::new();
     let dir = h.home.path().join("layers");
     let out = h.home.path().join("m.meta");
-    let err = h.fails(
-        &[
-            "--max-entries",
-            "2",
-            "export",
-            &format!("{}/{repo}:v1", reg.host),
-            "--format",
-            "erofs",
-            "--shared-layers",
-            dir.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ],
-        7,
-    );
+    let r = format!("{}/{repo}:v1", reg.host);
+    let mut args = vec!["--max-entries", "2"];
+    args.extend(shared_args(&r, &dir, &out));
+    let err = h.fails(&args, 7);
     assert!(err.contains("entries"), "{err}");
     assert!(!out.exists());
     let left: Vec<String> = std::fs::read_dir(&dir)

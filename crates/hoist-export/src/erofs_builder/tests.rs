@@ -275,11 +275,21 @@ pub(crate) fn listing_of(root: &Path, vanished: bool) -> Vec<String> {
 
 /// Mount `img` and compare it with the unpacker's tree of `layers`.
 pub(super) fn same_as_unpacked(img: &Path, layers: &[Vec<u8>], tmp: &Path) -> bool {
-    let dir = tmp.join("unpacked");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
+    let Some(b) = crate::ext4::tests::check_mounted("erofs", img, tmp, listing) else {
+        return false;
+    };
+    let a = unpacked_listing(layers, &tmp.join("unpacked"));
+    assert_eq!(a, b, "the kernel's erofs tree differs from the unpacker's");
+    true
+}
+
+/// The [`listing`] of the unpacker's tree of `layers` (made in `dir`,
+/// removed after).
+pub(crate) fn unpacked_listing(layers: &[Vec<u8>], dir: &Path) -> Vec<String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir(dir).unwrap();
     let mut u = hoist_unpack::Unpacker::new(
-        &dir,
+        dir,
         hoist_unpack::LayerOptions {
             ownership: hoist_unpack::Ownership::Preserve,
             ..Default::default()
@@ -290,13 +300,9 @@ pub(super) fn same_as_unpacked(img: &Path, layers: &[Vec<u8>], tmp: &Path) -> bo
         u.apply_layer(&mut &l[..]).unwrap();
     }
     u.finish().unwrap();
-    let Some(b) = crate::ext4::tests::check_mounted("erofs", img, tmp, listing) else {
-        return false;
-    };
-    let a = listing(&dir);
-    assert_eq!(a, b, "the kernel's erofs tree differs from the unpacker's");
-    std::fs::remove_dir_all(&dir).unwrap();
-    true
+    let out = listing(dir);
+    std::fs::remove_dir_all(dir).unwrap();
+    out
 }
 
 /// fsck.erofs is a real check here: it walks every inode, so a damaged

@@ -10,7 +10,7 @@ use hoist_spec::Digest;
 use hoist_unpack::Guard;
 
 use super::{build_meta, meta_devices, LayerDir, LayerFile};
-use crate::erofs_builder::tests::{listing, listing_of};
+use crate::erofs_builder::tests::{listing, listing_of, unpacked_listing};
 use crate::ext4::tests::{random_stack, skip, tool, Layer};
 
 fn guard() -> Guard {
@@ -102,26 +102,6 @@ impl Drop for Mounts {
             let _ = Command::new("umount").arg(m).status();
         }
     }
-}
-
-fn unpacked(layers: &[Vec<u8>], dir: &Path) -> Vec<String> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir(dir).unwrap();
-    let mut u = hoist_unpack::Unpacker::new(
-        dir,
-        hoist_unpack::LayerOptions {
-            ownership: hoist_unpack::Ownership::Preserve,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    for l in layers {
-        u.apply_layer(&mut &l[..]).unwrap();
-    }
-    u.finish().unwrap();
-    let out = listing(dir);
-    std::fs::remove_dir_all(dir).unwrap();
-    out
 }
 
 /// The kernel's tree of META on loop devices of its layer files.
@@ -241,7 +221,7 @@ fn random_stacks(lz4: bool, seed: u64) {
         );
         checked += 1;
         if root && case % 8 == 0 {
-            let u = unpacked(&layers, &tmp.path().join("unpacked"));
+            let u = unpacked_listing(&layers, &tmp.path().join("unpacked"));
             assert_eq!(meta_tree(&img, &paths, tmp.path()), u, "case {case}: META");
             mounted += 1;
             if layers.iter().all(|l| names_its_dirs(l)) {
