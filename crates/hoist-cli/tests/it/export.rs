@@ -52,23 +52,7 @@ fn image(work: &Path) -> (String, Image) {
          chmod 0755 init.sh",
         &t,
     );
-    let out = Command::new("tar")
-        .args([
-            "--format=pax",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--numeric-owner",
-            "--sort=name",
-            "-cf",
-            "-",
-            "-C",
-        ])
-        .arg(&t)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let tar = out.stdout;
+    let tar = crate::shared::tar_of_tree(&t);
     let layer = Blob {
         media_type: media::OCI_LAYER_GZIP.into(),
         bytes: crate::harness::image::gzip(&tar),

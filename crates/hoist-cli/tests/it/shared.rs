@@ -18,7 +18,8 @@ use crate::harness::{sample_image, shared_base_pair, skip, unique_repo, Hoist};
 
 use crate::export::{is_root, sh};
 
-fn tar_of_tree(t: &Path) -> Vec<u8> {
+/// GNU tar of a tree as pax with xattrs and numeric owners, sorted.
+pub(crate) fn tar_of_tree(t: &Path) -> Vec<u8> {
     let out = Command::new("tar")
         .args([
             "--format=pax",
