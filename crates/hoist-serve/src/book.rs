@@ -459,13 +459,13 @@ impl Book {
         Ok(())
     }
 
-    /// GC of the disks, under the lock: nothing can be named between the
-    /// moment the kept set is read and the sweep.
     /// Whether any build (or cleanup of a build's files) is running.
     pub fn building(&self) -> bool {
         !self.busy.is_empty()
     }
 
+    /// GC of the disks, under the lock: nothing can be named between the
+    /// moment the kept set is read and the sweep.
     pub fn sweep_disks(&self, dry_run: bool) -> R<Swept> {
         let keep: HashSet<String> = self.db.all()?.into_iter().map(|r| r.disk_path).collect();
         let busy: HashSet<String> = self.busy.keys().map(|d| d.hex().to_string()).collect();

@@ -75,13 +75,13 @@ impl Disks {
     /// is not a readable META.
     pub fn devices(&self, row: &ImageRow) -> Option<Vec<PathBuf>> {
         let lz4 = self.layers?;
-        let dir = hoist::LayerDir::open(&self.layers_dir()).ok()?;
+        // Names only: nothing is created on a GET.
         hoist::meta_devices(&self.abs(&row.disk_path))
             .ok()?
             .iter()
             .map(|t| {
                 let d: Digest = t.parse().ok()?;
-                dir.path_of(&d, lz4).ok()
+                Some(self.layers_dir().join(hoist::LayerDir::name(&d, lz4).ok()?))
             })
             .collect()
     }

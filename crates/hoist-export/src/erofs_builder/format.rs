@@ -5,7 +5,7 @@
 //! and writes their bytes; it never writes a field by offset.
 
 use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const MAGIC: u32 = 0xE0F5_E1E2;
 /// The superblock starts this far into block 0.
@@ -28,7 +28,7 @@ pub const CHUNK_BASED: u16 = 4;
 
 /// `erofs_super_block`, the 128 bytes of it that images without extra
 /// superblock slots have (`sb_extslots` = 0).
-#[derive(IntoBytes, Immutable, KnownLayout, Default, Clone)]
+#[derive(IntoBytes, FromBytes, Immutable, KnownLayout, Default, Clone)]
 #[repr(C)]
 pub struct SuperBlock {
     pub magic: U32,
@@ -129,7 +129,7 @@ pub struct ChunkIndex {
 }
 
 /// `erofs_deviceslot`: one extra device in the device table.
-#[derive(IntoBytes, Immutable, KnownLayout, Clone)]
+#[derive(IntoBytes, FromBytes, Immutable, KnownLayout, Clone)]
 #[repr(C)]
 pub struct DeviceSlot {
     pub tag: [u8; 64],

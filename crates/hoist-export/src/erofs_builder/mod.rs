@@ -443,7 +443,7 @@ impl ErofsBuilder {
 }
 
 pub(crate) mod data;
-mod format;
+pub(crate) mod format;
 mod layout;
 #[cfg(test)]
 mod lz4_tests;

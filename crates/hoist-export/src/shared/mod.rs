@@ -21,11 +21,15 @@ use std::path::{Path, PathBuf};
 use hoist_spec::{Cancel, Digest};
 use hoist_unpack::{Guard, Listed, ListedBody, MergedTree};
 
+use crate::erofs_builder::format::{
+    DeviceSlot, SuperBlock, FEATURE_INCOMPAT_DEVICE_TABLE, MAGIC, SB_OFFSET,
+};
 use crate::erofs_builder::{
     crc32c, Device, ErofsBuilder, ErofsOptions, ErofsStats, Placement, Window,
 };
 use crate::error::ExportError;
 use crate::BLOCK;
+use zerocopy::FromBytes;
 
 mod record;
 
@@ -290,11 +294,6 @@ impl LayerDir {
             .collect()
     }
 
-    /// The path a layer file of `diff_id` has here (whether or not it is).
-    pub fn path_of(&self, diff_id: &Digest, lz4: bool) -> Result<PathBuf, ExportError> {
-        Ok(self.paths(diff_id, lz4)?.0)
-    }
-
     /// Whether a build holds the lock of the layer file `name` relates to.
     fn busy(&self, name: &str) -> bool {
         let base = name.trim_start_matches('.');
@@ -399,37 +398,32 @@ fn relist<A, B>(l: Listed<A>, f: impl FnOnce(A) -> Option<B>) -> Option<Listed<B
     })
 }
 
-/// Block 0 of an erofs image, if it is one.
-fn block0(path: &Path) -> io::Result<Vec<u8>> {
+/// The superblock of an erofs image, read through its typed struct: its
+/// magic and its crc32c (over the rest of block 0, the checksum field
+/// zeroed, as the kernel checks it) are checked.
+fn checked_superblock(path: &Path) -> io::Result<SuperBlock> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
     let f = File::open(path)?;
     let mut b = vec![0u8; BLOCK as usize];
     f.read_exact_at(&mut b, 0)?;
-    if b[1024..1028] != 0xE0F5_E1E2u32.to_le_bytes() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not an erofs image",
-        ));
+    let (sb, _) = SuperBlock::read_from_prefix(&b[SB_OFFSET..])
+        .map_err(|_| bad("a block too short for a superblock"))?;
+    if sb.magic.get() != MAGIC {
+        return Err(bad("not an erofs image"));
     }
-    Ok(b)
+    let at = SB_OFFSET + std::mem::offset_of!(SuperBlock, checksum);
+    b[at..at + 4].fill(0);
+    if crc32c(&b[SB_OFFSET..]) != sb.checksum.get() {
+        return Err(bad("bad superblock checksum"));
+    }
+    Ok(sb)
 }
 
 /// The superblock checksum an image carries, checked against its block.
 fn sb_checksum(path: &Path) -> Result<u32, ExportError> {
-    let b = block0(path).map_err(|e| ExportError::io("read", path, e))?;
-    checked_crc(&b).ok_or_else(|| {
-        ExportError::io(
-            "read",
-            path,
-            io::Error::new(io::ErrorKind::InvalidData, "bad superblock checksum"),
-        )
-    })
-}
-
-fn checked_crc(block: &[u8]) -> Option<u32> {
-    let stored = u32::from_le_bytes(block[1028..1032].try_into().ok()?);
-    let mut b = block[1024..].to_vec();
-    b[4..8].fill(0);
-    (crc32c(&b) == stored).then_some(stored)
+    checked_superblock(path)
+        .map(|sb| sb.checksum.get())
+        .map_err(|e| ExportError::io("read", path, e))
 }
 
 /// A layer file and its record, checked against each other; the record's
@@ -456,11 +450,10 @@ fn verify(
     if flen != r.file_len {
         return Err(format!("{flen} bytes, its record says {}", r.file_len));
     }
-    let b = block0(file).map_err(|e| e.to_string())?;
-    match checked_crc(&b) {
-        Some(c) if c == r.sb_checksum => Ok(r),
-        Some(_) => Err("its superblock is not the one its record was made with".into()),
-        None => Err("its superblock checksum does not match".into()),
+    match checked_superblock(file) {
+        Ok(sb) if sb.checksum.get() == r.sb_checksum => Ok(r),
+        Ok(_) => Err("its superblock is not the one its record was made with".into()),
+        Err(e) => Err(format!("its superblock: {e}")),
     }
 }
 
@@ -583,23 +576,21 @@ pub fn meta_devices(meta: &Path) -> Result<Vec<String>, ExportError> {
             io::Error::new(io::ErrorKind::InvalidData, why.to_string()),
         )
     };
-    let b = block0(meta).map_err(|e| ExportError::io("read", meta, e))?;
-    checked_crc(&b).ok_or_else(|| bad("bad superblock checksum"))?;
-    let sb = &b[1024..];
-    let incompat = u32::from_le_bytes(sb[80..84].try_into().expect("4"));
-    let n = u16::from_le_bytes(sb[86..88].try_into().expect("2"));
-    let slotoff = u16::from_le_bytes(sb[88..90].try_into().expect("2"));
-    if incompat & 8 == 0 || n == 0 {
+    let sb = checked_superblock(meta).map_err(|e| ExportError::io("read", meta, e))?;
+    let n = usize::from(sb.extra_devices.get());
+    if sb.feature_incompat.get() & FEATURE_INCOMPAT_DEVICE_TABLE == 0 || n == 0 {
         return Err(bad("not a META image: it has no device table"));
     }
+    let slot = size_of::<DeviceSlot>();
     let f = File::open(meta).map_err(|e| ExportError::io("open", meta, e))?;
-    let mut t = vec![0u8; usize::from(n) * 128];
-    f.read_exact_at(&mut t, u64::from(slotoff) * 128)
+    let mut t = vec![0u8; n * slot];
+    f.read_exact_at(&mut t, u64::from(sb.devt_slotoff.get()) * slot as u64)
         .map_err(|e| ExportError::io("read", meta, e))?;
-    t.chunks(128)
+    t.chunks(slot)
         .map(|s| {
+            let d = DeviceSlot::read_from_bytes(s).map_err(|_| bad("a short device slot"))?;
             let tag =
-                std::str::from_utf8(&s[..64]).map_err(|_| bad("a device tag that is not text"))?;
+                std::str::from_utf8(&d.tag).map_err(|_| bad("a device tag that is not text"))?;
             if !tag.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err(bad("a device tag that is not a diff_id"));
             }
