@@ -6,6 +6,8 @@
 
 hoist-erofs: `hoist export REF -o FILE --format erofs` (uncompressed).
 hoist-lz4:   `hoist export REF -o FILE --format erofs --compress lz4`.
+hoist-lz4-spill: the same with the inflate spool unbounded on disk
+             (`HOIST_BENCH_ABLATE=spill`, as before it was bounded).
 go-erofs:    `umoci unpack --rootless`, then `mkfs.erofs -zlz4 FILE ROOTFS`
              (the Go original's erofs path; lz4 compressed).
 
@@ -37,7 +39,8 @@ ap.add_argument("--ref", default="127.0.0.1:5000/rig/big:latest")
 ap.add_argument("--workdir", default="/var/tmp", help="where caches and outputs go")
 ap.add_argument("--hoist", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "hoist"))
 ap.add_argument("--settle", type=float, default=20.0)
-ap.add_argument("--tools", default="hoist,go,hoist-erofs,hoist-lz4,go-erofs,floor,hoist-zlib,hoist-1stage,hoist-norec")
+ap.add_argument("--tools", default="hoist,go,hoist-erofs,hoist-lz4,go-erofs,floor,hoist-zlib,hoist-1stage,"
+                "hoist-norec,hoist-spill,hoist-lz4-spill")
 ap.add_argument("--hoist-zlib", default=None,
                 help="a hoist built without the isal feature, to measure what ISA-L buys (tool hoist-zlib)")
 a = ap.parse_args()
@@ -130,6 +133,8 @@ tools = {
     "hoist-lz4": lambda: hoist("erofs", lz4=True),
     "go-erofs": go_erofs,
     "floor": lambda: timed(floor_cmd(blobs))[0],
+    "hoist-lz4-spill": lambda: hoist("erofs", lz4=True, extra_env={"HOIST_BENCH_ABLATE": "spill"},
+                                     rss_key="hoist-lz4-spill"),
 }
 for name, binary, extra_env in ablations(a.hoist, a.hoist_zlib)[1:]:
     tools[name] = (lambda b, e, n: lambda: hoist("ext4", binary=b, extra_env=e, rss_key=n))(binary, extra_env, name)
@@ -158,7 +163,9 @@ for x, y, goal in [("hoist", "go", ""), ("hoist", "floor", "  (goal <= 1.2)"),
                    ("hoist-lz4", "hoist", "  (goal <= 1.2)"), ("hoist-lz4", "go-erofs", ""),
                    ("hoist-zlib", "hoist", "  (what ISA-L buys)"),
                    ("hoist-1stage", "hoist", "  (what the stage split buys)"),
-                   ("hoist-norec", "hoist", "  (what the verification record buys)")]:
+                   ("hoist-norec", "hoist", "  (what the verification record buys)"),
+                   ("hoist-spill", "hoist", "  (what bounding the spool buys)"),
+                   ("hoist-lz4-spill", "hoist-lz4", "  (what bounding the spool buys, lz4)")]:
     if x in med and y in med:
         print("time ratio %s/%s: %.3f%s" % (x, y, med[x] / med[y], goal))
 if "hoist-lz4" in info and "go-erofs" in info:

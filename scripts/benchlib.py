@@ -30,10 +30,12 @@ def floor_cmd(blobs):
 def ablations(hoist, hoist_zlib):
     """hoist as built, and what each part of the inflate work buys: the
     zlib-rs build (no ISA-L), the stages on one thread, no verification
-    records. Each is (name, binary, extra environment)."""
+    records, and the spool unbounded on disk (as before it was bounded).
+    Each is (name, binary, extra environment)."""
     out = [("hoist", hoist, {})]
     if hoist_zlib:
         out.append(("hoist-zlib", hoist_zlib, {}))
     out.append(("hoist-1stage", hoist, {"HOIST_BENCH_ABLATE": "split"}))
     out.append(("hoist-norec", hoist, {"HOIST_BENCH_ABLATE": "records"}))
+    out.append(("hoist-spill", hoist, {"HOIST_BENCH_ABLATE": "spill"}))
     return out

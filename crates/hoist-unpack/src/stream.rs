@@ -84,6 +84,9 @@ pub struct StreamOptions {
     pub spool_dir: PathBuf,
     /// Bytes the spool holds in memory before it goes to disk.
     pub spool_mem: usize,
+    /// Bytes the spool may hold on disk; past them the inflater waits (0:
+    /// memory only).
+    pub spool_disk: u64,
     /// Start inflating only when this opens.
     pub after: Option<Gate>,
     /// Stages on threads of their own (the default). `false` runs reading,
@@ -158,7 +161,7 @@ fn pump(
 impl LayerStream {
     /// Start the stages for `blob`.
     pub fn new<R: Read + Send + 'static>(blob: R, opts: StreamOptions) -> LayerStream {
-        let spool = Spool::new(opts.spool_mem, opts.spool_dir.clone());
+        let spool = Spool::new(opts.spool_mem, opts.spool_disk, opts.spool_dir.clone());
         let pool = Arc::new(Pool::default());
         let inflated = Gate::default();
         let (hash_tx, hasher) = match opts.diff_algo.filter(|_| opts.split) {
@@ -437,6 +440,9 @@ mod tests {
                 diff_algo: Some(Algorithm::Sha256),
                 spool_dir: dir,
                 spool_mem: 64 << 10,
+                // Both spool modes: to disk (64 KiB in memory, far less
+                // than the stream) and memory only.
+                spool_disk: if split { u64::MAX } else { 0 },
                 after: None,
                 split,
             },
