@@ -276,7 +276,7 @@ mod tests {
                 pushed
             })
         };
-        while s.lock().mem.len() < 1 {
+        while s.lock().mem.is_empty() {
             std::thread::yield_now();
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
