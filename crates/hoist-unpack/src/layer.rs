@@ -81,6 +81,18 @@ pub struct Unpacker {
     /// layers are applied no directory has its setgid bit yet (directory
     /// modes come last), so a new file's group is ours too.
     me: (u64, u64),
+    /// The umask when a file's mode, given at creation, is known to come
+    /// out exactly (no default ACL on the root to inherit); `None`: every
+    /// file is made 0600 and chmodded, as always.
+    exact_umask: Option<u32>,
+}
+
+/// This process's umask, read without setting it (`umask(2)` can only be
+/// read by changing it, which would race with other threads' creates).
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let v = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(v.trim(), 8).ok()
 }
 
 pub(crate) struct Header {
@@ -230,7 +242,12 @@ impl Unpacker {
         let mut tree = TreeMeta::default();
         tree.entries.insert(Vec::new(), EntryMeta::implicit_dir());
         fs::fchmod(r.fd(), Mode::from_raw_mode(0o755)).map_err(errno("chmod", b""))?;
+        // A default ACL (inherited from where the root was made) decides
+        // new files' modes instead of the umask.
+        let acl = fs::fgetxattr(r.fd(), "system.posix_acl_default", &mut [0u8; 0]);
+        let exact_umask = current_umask().filter(|_| matches!(acl, Err(Errno::NODATA)));
         Ok(Unpacker {
+            exact_umask,
             root: r,
             opts,
             dirs: BTreeMap::new(),
@@ -398,7 +415,7 @@ impl Unpacker {
                 );
             }
             EntryType::File => {
-                let fd = self.create_file(&rel)?;
+                let fd = self.create_file(&rel, self.created_mode(&h))?;
                 let mut file = std::fs::File::from(fd);
                 loop {
                     let n = e.read(&mut self.buf).map_err(UnpackError::Read)?;
@@ -461,7 +478,7 @@ impl Unpacker {
                             "{}: cannot create a device node here; writing a placeholder",
                             show(&rel)
                         );
-                        let fd = self.create_file(&rel)?;
+                        let fd = self.create_file(&rel, self.created_mode(&h))?;
                         self.finish_fd(fd.as_fd(), &rel, &h, preserve)?;
                     }
                     Err(e) => return Err(errno("mknod", &rel)(e)),
@@ -483,13 +500,32 @@ impl Unpacker {
         }
     }
 
-    fn create_file(&mut self, rel: &[u8]) -> Result<OwnedFd, UnpackError> {
+    /// The mode a new file is made with: its own when that comes out
+    /// exactly and nothing must happen before it holds (no special bits,
+    /// which a chown would clear, no xattrs, which need write permission
+    /// to set), so that no chmod is needed (one syscall less per file:
+    /// 68,000 on rig/big); else 0600, chmodded once the file is complete.
+    fn created_mode(&self, h: &Header) -> u32 {
+        if self.exact_mode(h) {
+            h.meta.mode
+        } else {
+            0o600
+        }
+    }
+
+    fn exact_mode(&self, h: &Header) -> bool {
+        let mode = h.meta.mode;
+        self.exact_umask
+            .is_some_and(|u| mode & 0o7000 == 0 && mode & u == 0 && h.xattrs.is_empty())
+    }
+
+    fn create_file(&mut self, rel: &[u8], mode: u32) -> Result<OwnedFd, UnpackError> {
         let (parent, name) = path::split(rel);
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         for attempt in 0..2 {
             let pfd = Self::parent(&mut self.root, &mut self.added, &mut self.tree, parent)?;
-            match fs::openat(pfd, name, flags, Mode::from_raw_mode(0o600)) {
+            match fs::openat(pfd, name, flags, Mode::from_raw_mode(mode)) {
                 Ok(fd) => return Ok(fd),
                 Err(Errno::EXIST) if attempt == 0 => {
                     self.clear_for(rel, false)?;
@@ -519,7 +555,9 @@ impl Unpacker {
                 .map_err(errno("chown", rel))?;
         }
         set_xattrs(fd, rel, &h.xattrs);
-        fs::fchmod(fd, Mode::from_raw_mode(h.meta.mode)).map_err(errno("chmod", rel))?;
+        if !made_now || !self.exact_mode(h) {
+            fs::fchmod(fd, Mode::from_raw_mode(h.meta.mode)).map_err(errno("chmod", rel))?;
+        }
         fs::futimens(fd, &ts(h.meta.mtime)).map_err(errno("set times", rel))?;
         Ok(())
     }

@@ -594,3 +594,146 @@ fn a_recorded_layer_whose_blob_was_damaged_cannot_pass_unpack_or_fsck() {
     assert!(std::fs::read_to_string(&rec).unwrap().trim() != format!("sha256:{}", "0".repeat(64)));
     h2.ok(&["fsck"]);
 }
+
+/// Files are created with their own mode when that comes out exactly, and
+/// chmodded otherwise. What could get that wrong: a umask that strips bits
+/// of the mode, special bits, an xattr that needs write permission to set
+/// on a read-only file, and a default ACL above the target (it decides new
+/// files' modes instead of the umask).
+#[test]
+fn file_modes_come_out_exact_under_any_umask_and_under_a_default_acl() {
+    use std::os::unix::process::CommandExt;
+    let modes: [u32; 11] = [
+        0o644, 0o600, 0o000, 0o444, 0o640, 0o755, 0o777, 0o4755, 0o2750, 0o1777, 0o400,
+    ];
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    b.append_data(&mut dir, "m/", &[][..]).unwrap();
+    for (i, m) in modes.iter().enumerate() {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(*m);
+        h.set_size(3);
+        h.set_mtime(1_600_000_000);
+        b.append_data(&mut h, format!("m/f{i}-{m:o}"), &b"abc"[..])
+            .unwrap();
+    }
+    // A read-only file with an xattr: set before its mode, or not at all.
+    b.append_pax_extensions([("SCHILY.xattr.user.note", &b"kept"[..])])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o444);
+    h.set_size(3);
+    b.append_data(&mut h, "m/ro-xattr", &b"abc"[..]).unwrap();
+    let tars = vec![b.into_inner().unwrap()];
+    let (r, _) = pushed(&tars, Variant::OciGzip, "modes");
+    let h = Hoist::new();
+    h.ok(&["pull", &r]);
+
+    // A parent whose default ACL gives new files' group and others nothing.
+    let acl_parent = tempfile::tempdir().unwrap();
+    let mut acl = vec![2u8, 0, 0, 0];
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 0), (0x20, 0)] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(u32::MAX.to_le_bytes());
+    }
+    let p = std::ffi::CString::new(acl_parent.path().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C strings and buffer, lengths as given.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c"system.posix_acl_default".as_ptr(),
+            acl.as_ptr().cast(),
+            acl.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setting a default ACL: {}",
+        std::io::Error::last_os_error()
+    );
+
+    let plain_parent = tempfile::Builder::new()
+        .prefix("hoist-modes")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(plain_parent.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // As root, also unprivileged: there an xattr on a read-only file can
+    // only be set while the file is still writable.
+    let rootless = if is_root() { Some(65534) } else { None };
+    for (parent, umask, uid) in [
+        (plain_parent.path(), 0o022, None),
+        (plain_parent.path(), 0o077, None),
+        (plain_parent.path(), 0o000, None),
+        (plain_parent.path(), 0o777, None),
+        (acl_parent.path(), 0o022, None),
+        (plain_parent.path(), 0o022, rootless),
+        (plain_parent.path(), 0o027, rootless),
+    ] {
+        let out_dir = parent.join(format!("rootfs-{umask:o}-{uid:?}"));
+        let mut c = match uid {
+            None => h.cmd(),
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .args(["--clear-groups", "--"])
+                    .arg(crate::harness::hoist_for_anyone(plain_parent.path()))
+                    .arg("--cache-dir")
+                    .arg(plain_parent.path().join(format!("cache-{umask:o}")))
+                    .env("HOME", plain_parent.path())
+                    .env("NO_PROXY", "127.0.0.1");
+                c
+            }
+        };
+        c.args(["unpack", &r]).arg(&out_dir);
+        // SAFETY: umask is async-signal-safe.
+        unsafe {
+            c.pre_exec(move || {
+                libc::umask(umask);
+                Ok(())
+            });
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "umask {umask:o}, uid {uid:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (i, m) in modes.iter().enumerate() {
+            let f = out_dir.join(format!("m/f{i}-{m:o}"));
+            let got = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(
+                got,
+                *m,
+                "{} under umask {umask:o} in {}",
+                f.display(),
+                parent.display()
+            );
+            assert_eq!(std::fs::read(&f).unwrap(), b"abc");
+        }
+        let ro = out_dir.join("m/ro-xattr");
+        assert_eq!(
+            std::fs::metadata(&ro).unwrap().permissions().mode() & 0o7777,
+            0o444
+        );
+        let mut v = [0u8; 16];
+        let rp = std::ffi::CString::new(ro.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C strings and buffer.
+        let n = unsafe {
+            libc::getxattr(
+                rp.as_ptr(),
+                c"user.note".as_ptr(),
+                v.as_mut_ptr().cast(),
+                v.len(),
+            )
+        };
+        assert_eq!(n, 4, "user.note under umask {umask:o}, uid {uid:?}");
+        assert_eq!(&v[..4], b"kept");
+    }
+}
