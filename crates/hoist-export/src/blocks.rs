@@ -125,6 +125,33 @@ impl BlockArea {
         Ok(())
     }
 
+    /// Read `len` bytes of `r` straight into the write buffer at block
+    /// `at` (padded to a whole block), or, when they are all zeros and
+    /// `zeros_out`, leave nothing there and return `true`. One copy fewer
+    /// than reading into a buffer of one's own and `put_at`.
+    pub fn read_at(
+        &mut self,
+        at: u64,
+        len: usize,
+        r: &mut dyn Read,
+        zeros_out: bool,
+    ) -> io::Result<bool> {
+        self.seek(at)?;
+        if self.buf.len() >= FLUSH_AT {
+            self.flush()?;
+            self.buf_start = at;
+        }
+        let pos = self.buf.len();
+        self.buf.resize(pos + len, 0);
+        r.read_exact(&mut self.buf[pos..])?;
+        if zeros_out && self.buf[pos..].iter().all(|&b| b == 0) {
+            self.buf.truncate(pos);
+            return Ok(true);
+        }
+        self.pad();
+        Ok(false)
+    }
+
     /// Copy exactly `size` bytes of `r` into the run at `start`, allocated
     /// when the area ended at `fresh` (blocks from there on were never
     /// written, so runs of zeros in them are left as holes).

@@ -139,6 +139,19 @@ pub(super) fn store(
                 }
             }
         }
+        // Uncompressed: each chunk is read straight into its place.
+        None if !lz4 => {
+            for i in 0..chunks {
+                let len = chunk_len(size, i);
+                if area.read_at(start + used, len, r, size >= HOLE_MIN)? {
+                    zeros += 1;
+                    pieces.push(Piece::Hole);
+                    continue;
+                }
+                pieces.push(Piece::Plain(used as u32));
+                used += (len as u64).div_ceil(BLOCK);
+            }
+        }
         None => {
             for i in 0..chunks {
                 let len = chunk_len(size, i);
