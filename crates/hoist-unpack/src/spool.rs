@@ -200,12 +200,20 @@ mod tests {
     fn chunks_come_out_in_order_across_memory_and_disk() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::new(1000, u64::MAX, dir.path().to_path_buf());
+        pass_chunks(&s, 500, 7, |_, _| {});
+    }
+
+    /// `n` chunks of varied sizes and contents through `s`, the consumer
+    /// pausing every `pause_every` chunks; `after_push` looks at the spool
+    /// after each push. Every chunk must come out whole and in order.
+    fn pass_chunks(s: &Arc<Spool>, n: u32, pause_every: u32, after_push: fn(&Spool, u32)) {
         let producer = {
             let s = s.clone();
             std::thread::spawn(move || {
-                for i in 0..500u32 {
+                for i in 0..n {
                     let c: Chunk = Arc::new(vec![(i % 251) as u8; 97 + (i as usize % 300)]);
                     assert!(s.push(c).unwrap());
+                    after_push(&s, i);
                 }
                 s.finish(Ok(()));
             })
@@ -215,12 +223,12 @@ mod tests {
             assert_eq!(c.len(), 97 + (i as usize % 300), "chunk {i}");
             assert!(c.iter().all(|&b| b == (i % 251) as u8), "chunk {i}");
             i += 1;
-            if i.is_multiple_of(7) {
-                std::thread::sleep(std::time::Duration::from_micros(200));
+            if i.is_multiple_of(pause_every) {
+                std::thread::sleep(std::time::Duration::from_micros(250));
             }
         }
         producer.join().unwrap();
-        assert_eq!(i, 500);
+        assert_eq!(i, n);
     }
 
     /// Memory-only (`disk_max` 0), as hoist runs it: the producer waits,
@@ -229,33 +237,14 @@ mod tests {
     fn a_spool_without_disk_makes_the_producer_wait() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::new(1000, 0, dir.path().to_path_buf());
-        let producer = {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                for i in 0..300u32 {
-                    let c: Chunk = Arc::new(vec![(i % 251) as u8; 97 + (i as usize % 300)]);
-                    assert!(s.push(c).unwrap());
-                    let st = s.lock();
-                    assert!(st.disk.is_empty() && st.file.is_none(), "spilled at {i}");
-                    assert!(
-                        st.mem_bytes <= 1000 || st.mem.len() == 1,
-                        "over budget at {i}"
-                    );
-                }
-                s.finish(Ok(()));
-            })
-        };
-        let mut i = 0u32;
-        while let Some(c) = s.pop().unwrap() {
-            assert_eq!(c.len(), 97 + (i as usize % 300), "chunk {i}");
-            assert!(c.iter().all(|&b| b == (i % 251) as u8), "chunk {i}");
-            i += 1;
-            if i.is_multiple_of(5) {
-                std::thread::sleep(std::time::Duration::from_micros(300));
-            }
-        }
-        producer.join().unwrap();
-        assert_eq!(i, 300);
+        pass_chunks(&s, 300, 5, |s, i| {
+            let st = s.lock();
+            assert!(st.disk.is_empty() && st.file.is_none(), "spilled at {i}");
+            assert!(
+                st.mem_bytes <= 1000 || st.mem.len() == 1,
+                "over budget at {i}"
+            );
+        });
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
