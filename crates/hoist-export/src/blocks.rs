@@ -139,7 +139,6 @@ impl BlockArea {
         self.seek(at)?;
         if self.buf.len() >= FLUSH_AT {
             self.flush()?;
-            self.buf_start = at;
         }
         let pos = self.buf.len();
         self.buf.resize(pos + len, 0);

@@ -70,25 +70,22 @@ pub(super) enum Stored {
 }
 
 /// Stream `size` bytes (at least one chunk's worth, or a whole small file
-/// under lz4) into `area` as pieces.
+/// under lz4) into `area` as pieces; compressed by `lz4` when given.
 pub(super) fn store(
     area: &mut BlockArea,
     size: u64,
     r: &mut dyn Read,
-    lz4: bool,
-    worker: Option<&Lz4Worker>,
+    lz4: Option<&Lz4Worker>,
 ) -> io::Result<Stored> {
     let n = size.div_ceil(BLOCK);
     let start = area.alloc(n);
     let run = Run { start, len: n };
     let chunks = size.div_ceil(CHUNK) as usize;
     let mut pieces = Vec::with_capacity(chunks);
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK as usize)];
     // Pieces are packed in order; holes take no room (yet).
     let mut used: u64 = 0;
     let mut zeros = 0;
-    match worker.filter(|_| lz4) {
+    match lz4 {
         // lz4: the worker compresses chunk i while the next is read; the
         // results come back in order and are placed in order.
         Some(w) => {
@@ -140,7 +137,7 @@ pub(super) fn store(
             }
         }
         // Uncompressed: each chunk is read straight into its place.
-        None if !lz4 => {
+        None => {
             for i in 0..chunks {
                 let len = chunk_len(size, i);
                 if area.read_at(start + used, len, r, size >= HOLE_MIN)? {
@@ -152,20 +149,8 @@ pub(super) fn store(
                 used += (len as u64).div_ceil(BLOCK);
             }
         }
-        None => {
-            for i in 0..chunks {
-                let len = chunk_len(size, i);
-                r.read_exact(&mut buf[..len])?;
-                if size >= HOLE_MIN && buf[..len].iter().all(|&b| b == 0) {
-                    zeros += 1;
-                    pieces.push(Piece::Hole);
-                    continue;
-                }
-                let p = put_chunk(area, start, &mut used, &buf[..len], &mut out, lz4)?;
-                pieces.push(p);
-            }
-        }
     }
+    let lz4 = lz4.is_some();
     let blocks_of = |i: usize| (chunk_len(size, i) as u64).div_ceil(BLOCK);
     if zeros >= HOLES_MIN {
         // Chunk-based: every other chunk uncompressed, packed.
@@ -193,27 +178,24 @@ pub(super) fn store(
         // written (the blocks may hold what a chunk left there).
         let to: Vec<u64> = (0..chunks).map(|i| i as u64 * CHUNK_BLOCKS).collect();
         relocate(area, run, size, &mut pieces, &to)?;
+        let zero = vec![0u8; CHUNK as usize];
         for i in 0..chunks {
             if pieces[i] == Piece::Hole {
-                buf.fill(0);
-                area.put_at(start + to[i], 0, &buf[..chunk_len(size, i)])?;
+                area.put_at(start + to[i], 0, &zero[..chunk_len(size, i)])?;
                 pieces[i] = Piece::Plain(to[i] as u32);
             }
         }
         used = n;
     }
-    for i in 0..chunks {
-        if pieces[i] == Piece::Hole {
-            // lz4, a few zero chunks: after the rest, like the rest.
-            buf.fill(0);
-            pieces[i] = put_chunk(
-                area,
-                start,
-                &mut used,
-                &buf[..chunk_len(size, i)],
-                &mut out,
-                true,
-            )?;
+    if pieces.contains(&Piece::Hole) {
+        // lz4, a few zero chunks: after the rest, like the rest.
+        let zero = vec![0u8; CHUNK as usize];
+        let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK as usize)];
+        for i in 0..chunks {
+            if pieces[i] == Piece::Hole {
+                let data = &zero[..chunk_len(size, i)];
+                pieces[i] = put_chunk(area, start, &mut used, data, &mut out)?;
+            }
         }
     }
     area.release(Run {
@@ -343,29 +325,26 @@ fn place_chunk(
     Ok(Piece::Plain(at))
 }
 
-/// One chunk at `start + used`: compressed when that saves a block.
+/// One chunk at `start + used`, lz4-compressed when that saves a block.
 fn put_chunk(
     area: &mut BlockArea,
     start: u64,
     used: &mut u64,
     data: &[u8],
     out: &mut [u8],
-    lz4: bool,
 ) -> io::Result<Piece> {
     let plain = (data.len() as u64).div_ceil(BLOCK);
     let at = *used as u32;
-    if lz4 {
-        let c = lz4_flex::block::compress_into(data, out).map_err(io::Error::other)?;
-        let blocks = (c as u64).div_ceil(BLOCK);
-        if blocks < plain {
-            let pad = (blocks * BLOCK) as usize - c;
-            area.put_at(start + *used, pad, &out[..c])?;
-            *used += blocks;
-            return Ok(Piece::Lz4 {
-                at,
-                blocks: blocks as u32,
-            });
-        }
+    let c = lz4_flex::block::compress_into(data, out).map_err(io::Error::other)?;
+    let blocks = (c as u64).div_ceil(BLOCK);
+    if blocks < plain {
+        let pad = (blocks * BLOCK) as usize - c;
+        area.put_at(start + *used, pad, &out[..c])?;
+        *used += blocks;
+        return Ok(Piece::Lz4 {
+            at,
+            blocks: blocks as u32,
+        });
     }
     area.put_at(start + *used, 0, data)?;
     *used += plain;

@@ -361,7 +361,7 @@ impl ErofsBuilder {
         }
         if size >= data::HOLE_MIN || (self.opts.lz4 && size > data::CHUNK) {
             return Ok(
-                match data::store(&mut self.area, size, r, self.opts.lz4, self.lz4.as_ref())? {
+                match data::store(&mut self.area, size, r, self.lz4.as_ref())? {
                     data::Stored::Flat(run) => Content::new(run, None, None),
                     data::Stored::Mapped(run, m) => {
                         self.maps.push(m);
