@@ -1,7 +1,7 @@
 //! Writing the laid-out image: directory blocks, the metadata area (every
 //! inode with its xattrs and inline data), then the superblock.
 
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 
 use hoist_unpack::{EntryType, MergedTree};
@@ -157,45 +157,33 @@ impl ErofsBuilder {
     }
 
     /// The metadata area from `meta_blkaddr`: each inode at its nid, its
-    /// xattrs and inline data after it.
+    /// xattrs and inline data after it. The area is written in two halves
+    /// at once: it is most of a finish's time (106 MB of inodes and inline
+    /// files on rig/big), the stages that inflated are done by now, and
+    /// the halves meet at a record's start, so neither reads the other.
     pub(super) fn write_inodes(
         &mut self,
         tree: &MergedTree<Content>,
         plan: &Plan<'_>,
         meta_blkaddr: u64,
     ) -> Result<(), ExportError> {
-        let mut f = self.area.file.try_clone().map_err(werr)?;
-        f.seek(SeekFrom::Start(meta_blkaddr * BLOCK))
-            .map_err(werr)?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        let mut window = Window::default();
-        let mut pos: u64 = 0;
-        for (i, r) in plan.recs.iter().enumerate() {
-            let at = r.nid * 32;
-            if at > pos {
-                w.write_all(&vec![0u8; (at - pos) as usize]).map_err(werr)?;
-                pos = at;
-            }
-            let mut b = Vec::with_capacity(64);
-            inode(tree, r, i as u32 + 1, &mut b);
-            b.extend_from_slice(&r.xattrs);
-            match &r.inline {
-                InlineSrc::None => {}
-                InlineSrc::Bytes(x) => b.extend_from_slice(x),
-                InlineSrc::Spool(off, len) => {
-                    b.extend_from_slice(
-                        window.get(&self.spool, *off, *len as usize).map_err(werr)?,
-                    );
-                }
-            }
-            w.write_all(&b).map_err(werr)?;
-            pos += b.len() as u64;
-        }
-        let end = pos.div_ceil(BLOCK) * BLOCK;
-        w.write_all(&vec![0u8; (end - pos) as usize])
-            .map_err(werr)?;
-        w.flush().map_err(werr)?;
-        Ok(())
+        let recs = &plan.recs;
+        let base = meta_blkaddr * BLOCK;
+        let mid = recs.len() / 2;
+        let cut = recs.get(mid).map(|r| r.nid * 32);
+        let (file, spool) = (&self.area.file, &self.spool);
+        let (a, b) = std::thread::scope(|s| {
+            let n = recs.len();
+            let second = s.spawn(move || match cut {
+                Some(cut) => write_meta(tree, recs, mid..n, cut, None, file, spool, base),
+                None => Ok(()),
+            });
+            let first = write_meta(tree, recs, 0..mid, 0, cut, file, spool, base);
+            (first, second.join())
+        });
+        a.map_err(werr)?;
+        b.map_err(|_| werr(io::Error::other("the inode writer panicked")))?
+            .map_err(werr)
     }
 
     /// Block 0 with the superblock (and the lz4 configuration after it),
@@ -266,6 +254,51 @@ impl ErofsBuilder {
         f.sync_all().map_err(werr)?;
         Ok(())
     }
+}
+
+/// The records `which` of the metadata area, written from byte `start` of
+/// it (at `base + start`) in 1 MiB writes: each inode at its nid, its
+/// xattrs and inline data after it, zeros between and up to `end` (the
+/// next half's start), or else to the end of the last block.
+#[allow(clippy::too_many_arguments)]
+fn write_meta(
+    tree: &MergedTree<Content>,
+    recs: &[Rec],
+    which: std::ops::Range<usize>,
+    start: u64,
+    end: Option<u64>,
+    file: &std::fs::File,
+    spool: &std::fs::File,
+    base: u64,
+) -> io::Result<()> {
+    const FLUSH: usize = 1 << 20;
+    let mut out: Vec<u8> = Vec::with_capacity(FLUSH + BLOCK as usize);
+    let mut written = start;
+    let mut window = Window::default();
+    for i in which {
+        let r = &recs[i];
+        let pos = written + out.len() as u64;
+        out.resize(out.len() + (r.nid * 32 - pos) as usize, 0);
+        // The inode number is the record's place in the whole plan.
+        inode(tree, r, i as u32 + 1, &mut out);
+        out.extend_from_slice(&r.xattrs);
+        match &r.inline {
+            InlineSrc::None => {}
+            InlineSrc::Bytes(x) => out.extend_from_slice(x),
+            InlineSrc::Spool(off, len) => {
+                out.extend_from_slice(window.get(spool, *off, *len as usize)?);
+            }
+        }
+        if out.len() >= FLUSH {
+            file.write_all_at(&out, base + written)?;
+            written += out.len() as u64;
+            out.clear();
+        }
+    }
+    let pos = written + out.len() as u64;
+    let end = end.unwrap_or(pos.div_ceil(BLOCK) * BLOCK);
+    out.resize(out.len() + (end - pos) as usize, 0);
+    file.write_all_at(&out, base + written)
 }
 
 /// One inode's fixed part: compact when its values fit, else extended.
