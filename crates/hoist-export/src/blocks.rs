@@ -198,35 +198,6 @@ impl BlockArea {
         Ok(Run { start, len })
     }
 
-    /// Copy `blocks` blocks from block `from` to block `to` of the image,
-    /// inside the kernel (`copy_file_range`; a filesystem with reflinks may
-    /// not even copy), with a read and write as the fallback. The runs must
-    /// not overlap.
-    pub fn copy_run(&mut self, from: u64, to: u64, blocks: u64) -> io::Result<()> {
-        self.flush()?;
-        let (mut src, mut dst) = (from * BLOCK, to * BLOCK);
-        let mut left = blocks * BLOCK;
-        while left > 0 {
-            match rustix::fs::copy_file_range(
-                &self.file,
-                Some(&mut src),
-                &self.file,
-                Some(&mut dst),
-                left as usize,
-            ) {
-                Ok(0) => break,
-                Ok(n) => left -= n as u64,
-                Err(_) => break,
-            }
-        }
-        if left > 0 {
-            let mut buf = Vec::new();
-            self.read_run(src / BLOCK, left, &mut buf)?;
-            self.file.write_all_at(&buf, dst)?;
-        }
-        Ok(())
-    }
-
     /// Read `size` bytes of the run at `start` back (the write buffer is
     /// flushed first).
     pub fn read_run(&mut self, start: u64, size: u64, out: &mut dyn io::Write) -> io::Result<()> {
@@ -246,4 +217,29 @@ impl BlockArea {
         self.scratch = buf;
         Ok(())
     }
+}
+
+/// Copy `blocks` blocks from block `from` to block `to` of `file`, inside
+/// the kernel (`copy_file_range`; a filesystem with reflinks may not even
+/// copy), with a read and write as the fallback. The runs must not overlap,
+/// and a [`BlockArea`] on `file` must have been flushed.
+pub fn copy_within(file: &File, from: u64, to: u64, blocks: u64) -> io::Result<()> {
+    let (mut src, mut dst) = (from * BLOCK, to * BLOCK);
+    let mut left = blocks * BLOCK;
+    while left > 0 {
+        match rustix::fs::copy_file_range(file, Some(&mut src), file, Some(&mut dst), left as usize)
+        {
+            Ok(0) => break,
+            Ok(n) => left -= n as u64,
+            Err(_) => break,
+        }
+    }
+    let mut buf = vec![0u8; left.min(CHUNK as u64) as usize];
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        file.read_exact_at(&mut buf[..n], src)?;
+        file.write_all_at(&buf[..n], dst)?;
+        (src, dst, left) = (src + n as u64, dst + n as u64, left - n as u64);
+    }
+    Ok(())
 }

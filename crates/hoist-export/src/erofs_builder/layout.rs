@@ -67,6 +67,14 @@ impl Rec {
     }
 }
 
+/// A file's blocks moving to an earlier hole ([`ErofsBuilder::compact`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Move {
+    pub(super) from: u64,
+    pub(super) to: u64,
+    pub(super) blocks: u64,
+}
+
 /// A directory's entries, `.` and `..` among them, sorted by name.
 pub(super) type DirNames<'a> = Vec<(&'a [u8], NodeId)>;
 
@@ -292,8 +300,11 @@ impl ErofsBuilder {
     /// files nearest its end into them (best fit, only ever to an earlier
     /// block), then end the area where its live data ends. Files of more
     /// than 64 MiB stay where they are (they may be sparse, and copying
-    /// would fill their holes).
-    pub(super) fn compact(&mut self, recs: &mut [Rec]) -> Result<(), ExportError> {
+    /// would fill their holes). Returns the copies to make, which the
+    /// records already assume: each goes into a hole, so no copy's source
+    /// is another's target and they may run in any order, but until they
+    /// are done nothing may be written to the image.
+    pub(super) fn compact(&mut self, recs: &mut [Rec]) -> Vec<Move> {
         const MAX_MOVE: u64 = (64 << 20) / BLOCK;
         let mut order: Vec<usize> = (0..recs.len()).filter(|&i| recs[i].blocks > 0).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(recs[i].blkaddr));
@@ -305,6 +316,7 @@ impl ErofsBuilder {
         let mut by_start: BTreeSet<(u64, u64)> =
             self.area.holes.iter().map(|&(l, s)| (s, l)).collect();
         let mut passed: Vec<(u64, u64)> = Vec::new();
+        let mut moves = Vec::new();
         for i in order {
             let (start, len) = (u64::from(recs[i].blkaddr), recs[i].blocks);
             while let Some(&(hs, hl)) = by_start.last() {
@@ -332,7 +344,11 @@ impl ErofsBuilder {
                 self.area.holes.insert((hl - len, hs + len));
                 by_start.insert((hs + len, hl - len));
             }
-            self.area.copy_run(start, hs, len).map_err(werr)?;
+            moves.push(Move {
+                from: start,
+                to: hs,
+                blocks: len,
+            });
             recs[i].blkaddr = hs as u32;
             passed.push((len, start));
         }
@@ -354,7 +370,7 @@ impl ErofsBuilder {
             }
         }
         self.area.next = end;
-        Ok(())
+        moves
     }
 }
 

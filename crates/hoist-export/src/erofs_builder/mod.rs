@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use hoist_unpack::{ContentSink, MergedTree};
 
-use crate::blocks::{BlockArea, Run, BLOCK};
+use crate::blocks::{copy_within, BlockArea, Run, BLOCK};
 use crate::error::ExportError;
 use crate::tree::Walk;
 /// A tail up to this long goes inline; the rest of its block is left for
@@ -295,12 +295,28 @@ impl ErofsBuilder {
         let shared = xattr::plan(walk.order.iter().map(|&id| &tree.node(id).xattrs[..]));
         let mut plan = layout::plan(tree, &walk, &shared, &self.maps)?;
         self.move_oversized_tails(&mut plan.recs)?;
-        self.compact(&mut plan.recs)?;
-        self.index_maps(&mut plan.recs);
-        let meta_len = plan.assign_nids();
+        let moves = self.compact(&mut plan.recs);
+        self.area.flush().map_err(werr)?;
+        // The copies run in the kernel while this thread indexes, numbers
+        // and makes the directories; nothing is written until they end.
+        let (meta_len, dirs, copied) = std::thread::scope(|s| {
+            let file = &self.area.file;
+            let copier = s.spawn(move || {
+                moves
+                    .iter()
+                    .try_for_each(|m| copy_within(file, m.from, m.to, m.blocks))
+            });
+            self.index_maps(&mut plan.recs);
+            let meta_len = plan.assign_nids();
+            let dirs = write::dir_contents(tree, &plan);
+            (meta_len, dirs, copier.join())
+        });
+        copied
+            .map_err(|_| werr(io::Error::other("the compaction thread panicked")))?
+            .map_err(werr)?;
         // Write the directories and the shared xattrs (the data area ends
         // there), the inodes, the superblock.
-        self.write_dirs(tree, &mut plan)?;
+        self.write_dirs(&mut plan, dirs)?;
         let xattr_blkaddr = if shared.area.is_empty() {
             0
         } else {

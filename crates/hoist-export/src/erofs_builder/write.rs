@@ -115,40 +115,19 @@ pub(super) struct Totals {
 }
 
 impl ErofsBuilder {
-    /// Directory blocks, now that every nid is known; a directory's last
+    /// Write the directory blocks `dir_contents` made: a directory's last
     /// block goes inline where the plan said it fits.
     pub(super) fn write_dirs(
         &mut self,
-        tree: &MergedTree<Content>,
         plan: &mut Plan<'_>,
+        dirs: Vec<DirContent>,
     ) -> Result<(), ExportError> {
-        let mut nid_of = vec![0u64; tree.id_bound()];
-        for r in &plan.recs {
-            nid_of[r.id as usize] = r.nid;
-        }
-        for r in plan.recs.iter_mut() {
-            let Some(names) = plan.dir_names[r.id as usize].as_ref() else {
-                continue;
-            };
-            let entries: Vec<(&[u8], u64, u8)> = names
-                .iter()
-                .map(|&(k, c)| (k, nid_of[c as usize], file_type(tree.node(c).meta.kind)))
-                .collect();
-            let mut blocks = dir_blocks(&entries);
-            let tail = if plan.dir_tail_inline[r.id as usize] {
-                blocks.pop()
-            } else {
-                None
-            };
-            if !blocks.is_empty() {
-                let mut all = Vec::with_capacity(blocks.len() * BLOCK as usize);
-                for b in &blocks {
-                    all.extend_from_slice(b);
-                    all.resize(all.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
-                }
-                r.blkaddr = self.area.put(&all).map_err(werr)?.start as u32;
+        for d in dirs {
+            let r = &mut plan.recs[d.rec];
+            if !d.blocks.is_empty() {
+                r.blkaddr = self.area.put(&d.blocks).map_err(werr)?.start as u32;
             }
-            match tail {
+            match d.tail {
                 Some(t) => r.inline = InlineSrc::Bytes(t),
                 None => r.layout = FLAT_PLAIN,
             }
@@ -254,6 +233,49 @@ impl ErofsBuilder {
         f.sync_all().map_err(werr)?;
         Ok(())
     }
+}
+
+/// A directory's blocks, laid end to end, and its inline tail.
+pub(super) struct DirContent {
+    rec: usize,
+    blocks: Vec<u8>,
+    tail: Option<Vec<u8>>,
+}
+
+/// Directory blocks, now that every nid is known: made in memory (a few
+/// MiB on rig/big) while the compaction's copies run.
+pub(super) fn dir_contents(tree: &MergedTree<Content>, plan: &Plan<'_>) -> Vec<DirContent> {
+    let mut nid_of = vec![0u64; tree.id_bound()];
+    for r in &plan.recs {
+        nid_of[r.id as usize] = r.nid;
+    }
+    let mut out = Vec::new();
+    for (i, r) in plan.recs.iter().enumerate() {
+        let Some(names) = plan.dir_names[r.id as usize].as_ref() else {
+            continue;
+        };
+        let entries: Vec<(&[u8], u64, u8)> = names
+            .iter()
+            .map(|&(k, c)| (k, nid_of[c as usize], file_type(tree.node(c).meta.kind)))
+            .collect();
+        let mut blocks = dir_blocks(&entries);
+        let tail = if plan.dir_tail_inline[r.id as usize] {
+            blocks.pop()
+        } else {
+            None
+        };
+        let mut all = Vec::with_capacity(blocks.len() * BLOCK as usize);
+        for b in &blocks {
+            all.extend_from_slice(b);
+            all.resize(all.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+        }
+        out.push(DirContent {
+            rec: i,
+            blocks: all,
+            tail,
+        });
+    }
+    out
 }
 
 /// The records `which` of the metadata area, written from byte `start` of
