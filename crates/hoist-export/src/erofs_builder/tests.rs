@@ -485,3 +485,52 @@ fn space_freed_by_deleted_files_is_given_back() {
     assert_eq!(std::fs::read(out.join("after")).unwrap(), after);
     assert!(!out.join("big").exists());
 }
+
+/// The metadata area is written in two halves by two threads, and the
+/// compaction's copies run beside the directories being made: an image of
+/// thousands of inline files (the halves meet among them), whose second
+/// layer deletes every other file (so many files move), reads back whole.
+#[test]
+fn metadata_written_in_two_halves_and_files_moved_read_back_whole() {
+    let content = |i: u32| -> Vec<u8> {
+        let len = match i % 4 {
+            0 => 100 + (i % 300) as usize,   // inline, whole
+            1 => 4096 + (i % 900) as usize,  // a block and an inline tail
+            2 => 9000 + (i % 5000) as usize, // blocks and a tail
+            _ => 3 * 4096,                   // whole blocks
+        };
+        (0..len)
+            .map(|j| ((i as usize * 31 + j * 7) % 251) as u8)
+            .collect()
+    };
+    let n = 3000u32;
+    let mut l1 = Layer::new();
+    for i in 0..n {
+        l1 = l1.file(&format!("d{}/f{i}", i % 37), 0o644, (0, 0), &content(i));
+    }
+    let mut l2 = Layer::new();
+    for i in (0..n).step_by(2) {
+        l2 = l2.file(&format!("d{}/.wh.f{i}", i % 37), 0o644, (0, 0), b"");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("m.erofs");
+    build(&img, &[l1.done(), l2.done()]).unwrap();
+    if !fsck(&img) {
+        return;
+    }
+    let out = tmp.path().join("x");
+    tool(
+        Command::new("fsck.erofs")
+            .arg(format!("--extract={}", out.display()))
+            .arg(&img),
+    )
+    .unwrap();
+    for i in 0..n {
+        let p = out.join(format!("d{}/f{i}", i % 37));
+        if i % 2 == 0 {
+            assert!(!p.exists(), "{} was deleted", p.display());
+        } else {
+            assert_eq!(std::fs::read(&p).unwrap(), content(i), "{}", p.display());
+        }
+    }
+}
