@@ -55,6 +55,22 @@ pub(super) fn check_mounted(
     crate::ext4::tests::check_mounted("erofs", img, tmp, check).is_some()
 }
 
+/// The image's tree, as `fsck.erofs --extract` writes it into `dir/x`
+/// after checking it (`None`: erofs-utils missing, and not CI).
+fn extracted(img: &Path, dir: &Path) -> Option<std::path::PathBuf> {
+    if !fsck(img) {
+        return None;
+    }
+    let out = dir.join("x");
+    tool(
+        Command::new("fsck.erofs")
+            .arg(format!("--extract={}", out.display()))
+            .arg(img),
+    )
+    .unwrap();
+    Some(out)
+}
+
 /// `dump.erofs --path=P` of the image.
 fn dump(img: &Path, p: &str) -> String {
     tool(
@@ -472,16 +488,9 @@ fn space_freed_by_deleted_files_is_given_back() {
         len <= 16 * 4096,
         "{len} bytes: the deleted file's space stayed"
     );
-    if !fsck(&img) {
+    let Some(out) = extracted(&img, tmp.path()) else {
         return;
-    }
-    let out = tmp.path().join("x");
-    tool(
-        Command::new("fsck.erofs")
-            .arg(format!("--extract={}", out.display()))
-            .arg(&img),
-    )
-    .unwrap();
+    };
     assert_eq!(std::fs::read(out.join("after")).unwrap(), after);
     assert!(!out.join("big").exists());
 }
@@ -515,16 +524,9 @@ fn metadata_written_in_two_halves_and_files_moved_read_back_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("m.erofs");
     build(&img, &[l1.done(), l2.done()]).unwrap();
-    if !fsck(&img) {
+    let Some(out) = extracted(&img, tmp.path()) else {
         return;
-    }
-    let out = tmp.path().join("x");
-    tool(
-        Command::new("fsck.erofs")
-            .arg(format!("--extract={}", out.display()))
-            .arg(&img),
-    )
-    .unwrap();
+    };
     for i in 0..n {
         let p = out.join(format!("d{}/f{i}", i % 37));
         if i % 2 == 0 {
