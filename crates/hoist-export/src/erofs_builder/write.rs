@@ -142,7 +142,8 @@ impl ErofsBuilder {
     /// xattrs and inline data after it. The area is written in two halves
     /// at once: it is most of a finish's time (106 MB of inodes and inline
     /// files on rig/big), the stages that inflated are done by now, and
-    /// the halves meet at a record's start, so neither reads the other.
+    /// the halves meet at a record's start, so neither writes over the
+    /// other.
     pub(super) fn write_inodes(
         &mut self,
         tree: &MergedTree<Content>,
@@ -150,18 +151,22 @@ impl ErofsBuilder {
         meta_blkaddr: u64,
     ) -> Result<(), ExportError> {
         let recs = &plan.recs;
-        let base = meta_blkaddr * BLOCK;
+        let w = MetaWriter {
+            tree,
+            recs,
+            file: &self.area.file,
+            spool: &self.spool,
+            base: meta_blkaddr * BLOCK,
+        };
         let mid = recs.len() / 2;
         let cut = recs.get(mid).map(|r| r.nid * 32);
-        let (file, spool) = (&self.area.file, &self.spool);
         let (a, b) = std::thread::scope(|s| {
-            let n = recs.len();
+            let w = &w;
             let second = s.spawn(move || match cut {
-                Some(cut) => write_meta(tree, recs, mid..n, cut, None, file, spool, base),
+                Some(cut) => w.write(mid..recs.len(), cut, None),
                 None => Ok(()),
             });
-            let first = write_meta(tree, recs, 0..mid, 0, cut, file, spool, base);
-            (first, second.join())
+            (w.write(0..mid, 0, cut), second.join())
         });
         a.map_err(werr)?;
         b.map_err(|_| werr(io::Error::other("the inode writer panicked")))?
@@ -281,49 +286,53 @@ pub(super) fn dir_contents(tree: &MergedTree<Content>, plan: &Plan<'_>) -> Vec<D
     out
 }
 
-/// The records `which` of the metadata area, written from byte `start` of
-/// it (at `base + start`) in 1 MiB writes: each inode at its nid, its
-/// xattrs and inline data after it, zeros between and up to `end` (the
-/// next half's start), or else to the end of the last block.
-#[allow(clippy::too_many_arguments)]
-fn write_meta(
-    tree: &MergedTree<Content>,
-    recs: &[Rec],
-    which: std::ops::Range<usize>,
-    start: u64,
-    end: Option<u64>,
-    file: &std::fs::File,
-    spool: &std::fs::File,
+/// Writes records of the metadata area, which starts at byte `base` of
+/// `file`; inline tails are read from `spool`.
+struct MetaWriter<'a> {
+    tree: &'a MergedTree<Content>,
+    recs: &'a [Rec],
+    file: &'a std::fs::File,
+    spool: &'a std::fs::File,
     base: u64,
-) -> io::Result<()> {
-    const FLUSH: usize = 1 << 20;
-    let mut out: Vec<u8> = Vec::with_capacity(FLUSH + BLOCK as usize);
-    let mut written = start;
-    let mut window = Window::default();
-    for i in which {
-        let r = &recs[i];
-        let pos = written + out.len() as u64;
-        out.resize(out.len() + (r.nid * 32 - pos) as usize, 0);
-        // The inode number is the record's place in the whole plan.
-        inode(tree, r, i as u32 + 1, &mut out);
-        out.extend_from_slice(&r.xattrs);
-        match &r.inline {
-            InlineSrc::None => {}
-            InlineSrc::Bytes(x) => out.extend_from_slice(x),
-            InlineSrc::Spool(off, len) => {
-                out.extend_from_slice(window.get(spool, *off, *len as usize)?);
+}
+
+impl MetaWriter<'_> {
+    /// The records `which`, written from byte `start` of the area in 1 MiB
+    /// writes: each inode at its nid, its xattrs and inline data after it,
+    /// zeros between and up to `end` (the next half's start), or else to the
+    /// end of the last block.
+    fn write(&self, which: std::ops::Range<usize>, start: u64, end: Option<u64>) -> io::Result<()> {
+        const FLUSH: usize = 1 << 20;
+        let (tree, recs, file, spool, base) =
+            (self.tree, self.recs, self.file, self.spool, self.base);
+        let mut out: Vec<u8> = Vec::with_capacity(FLUSH + BLOCK as usize);
+        let mut written = start;
+        let mut window = Window::default();
+        for i in which {
+            let r = &recs[i];
+            let pos = written + out.len() as u64;
+            out.resize(out.len() + (r.nid * 32 - pos) as usize, 0);
+            // The inode number is the record's place in the whole plan.
+            inode(tree, r, i as u32 + 1, &mut out);
+            out.extend_from_slice(&r.xattrs);
+            match &r.inline {
+                InlineSrc::None => {}
+                InlineSrc::Bytes(x) => out.extend_from_slice(x),
+                InlineSrc::Spool(off, len) => {
+                    out.extend_from_slice(window.get(spool, *off, *len as usize)?);
+                }
+            }
+            if out.len() >= FLUSH {
+                file.write_all_at(&out, base + written)?;
+                written += out.len() as u64;
+                out.clear();
             }
         }
-        if out.len() >= FLUSH {
-            file.write_all_at(&out, base + written)?;
-            written += out.len() as u64;
-            out.clear();
-        }
+        let pos = written + out.len() as u64;
+        let end = end.unwrap_or(pos.div_ceil(BLOCK) * BLOCK);
+        out.resize(out.len() + (end - pos) as usize, 0);
+        file.write_all_at(&out, base + written)
     }
-    let pos = written + out.len() as u64;
-    let end = end.unwrap_or(pos.div_ceil(BLOCK) * BLOCK);
-    out.resize(out.len() + (end - pos) as usize, 0);
-    file.write_all_at(&out, base + written)
 }
 
 /// One inode's fixed part: compact when its values fit, else extended.
